@@ -1,0 +1,54 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set everything up, idempotently.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup test demo data face-gan lint bench-speed clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and alone, pinned, so no later package can pull another build.
+$(VENV)/.torch: | $(PY)
+	$(PIP) install -q torch==2.13.0
+	@touch $@
+
+$(VENV)/.package: pyproject.toml $(VENV)/.torch
+	$(PIP) install -q -e '.[dev,gen]'
+	@touch $@
+
+# The face DCGAN's weights ship inside this wheel; --no-deps keeps its unpinned torchvision/wandb out.
+$(VENV)/.face-gan: $(VENV)/.torch
+	$(PIP) install -q --no-deps gan-face-generate==1.1.1
+	@touch $@
+
+data:
+	@if [ -f $(FASHION_DIR)/t10k-images-idx3-ubyte.gz ] || [ -n "$$FEDINVERT_DATA" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+		|| echo "warning: could not install dataset-fashion-mnist; fashion-mnist tests will be skipped"; \
+	else \
+		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' or set FEDINVERT_DATA to a folder holding the four IDX .gz files"; \
+	fi
+
+face-gan: $(VENV)/.face-gan
+
+setup: $(VENV)/.package $(VENV)/.face-gan data
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: setup
+	$(PY) -m fedinvert demo
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks
+
+bench-speed: setup
+	$(PY) benchmarks/speed.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,198 @@
+"""The `Attack` base class, the attack registry and the shared optimisation loop.
+
+A new attack is one module with one class that subclasses `Attack`, declares what it needs (`requires`) and
+implements `reconstruct(obs)`. Ground truth never reaches an attack: it sees an `Observation` only.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from fedinvert.errors import ConfigError, MissingCapabilityError
+from fedinvert.observation import Capability, Observation, Reconstruction
+from fedinvert.registry import Registry
+
+log = logging.getLogger(__name__)
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was asked for, but no CUDA device is available; use device=auto or cpu")
+    return dev
+
+
+class Attack(abc.ABC):
+    """Base class of every gradient inversion attack.
+
+    Subclasses take typed keyword arguments with their paper's defaults and implement `reconstruct`.
+    ``requires`` lists the capabilities the threat model must grant (the runner checks it).
+    """
+
+    requires: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init__(self, *, device: str | torch.device = "auto", log_every: int = 50) -> None:
+        if log_every < 1:
+            raise ConfigError(f"attack.log_every must be ≥ 1, got {log_every}")
+        self.device = resolve_device(device)
+        self.log_every = int(log_every)
+
+    @abc.abstractmethod
+    def reconstruct(
+        self, obs: Observation, *, rng: torch.Generator | None = None, progress: bool = False
+    ) -> Reconstruction:
+        """Reconstruct the private batch from what the server observed."""
+
+    def check(self, obs: Observation, granted: frozenset[Capability] | None = None) -> None:
+        """Raise MissingCapabilityError when the scenario does not grant what this attack needs."""
+        have = set(granted or ())
+        if obs.labels is not None:
+            have.add(Capability.KNOWN_LABELS)
+        if obs.batch_size is not None:
+            have.add(Capability.KNOWN_BATCH_SIZE)
+        if obs.local_training is not None:
+            have.add(Capability.LOCAL_HPARAMS)
+        missing = sorted(c.value for c in self.requires - have)
+        if missing:
+            raise MissingCapabilityError(
+                f"attack {type(self).__name__} needs {', '.join(missing)}, which this scenario does not grant"
+            )
+
+
+def batch_size_of(obs: Observation) -> int:
+    if obs.batch_size is None:
+        raise MissingCapabilityError(
+            "this attack needs the batch size; set threat.batch_size=known or pass it to the attack"
+        )
+    return obs.batch_size
+
+
+# -- learning-rate schedules (a factor in [0, 1] of the base rate, t = step / steps) -------------------
+def ramp_schedule(t: float, *, rampdown: float = 0.75, rampup: float = 0.05) -> float:
+    """GIFD / StyleGAN2-projector ramp: linear warm-up over ``rampup``, cosine decay over the last ``rampdown``."""
+    ramp = min(1.0, (1.0 - t) / rampdown)
+    ramp = 0.5 - 0.5 * math.cos(math.pi * ramp)
+    return ramp * min(1.0, t / rampup)
+
+
+def step_schedule(t: float) -> float:
+    """Inverting Gradients: ×0.1 at 3/8, 5/8 and 7/8 of the run."""
+    return 0.1 ** sum(t >= m for m in (3 / 8, 5 / 8, 7 / 8))
+
+
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda t: 1.0,
+    "step": step_schedule,
+    "ramp": ramp_schedule,
+    "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
+}
+
+
+def get_schedule(name: str) -> Callable[[float], float]:
+    try:
+        return SCHEDULES[name]
+    except KeyError:
+        raise ConfigError(f"unknown lr schedule {name!r}; known: {', '.join(SCHEDULES)}") from None
+
+
+@dataclass
+class LoopResult:
+    """What `optimize` returns: per restart, the best iterate (by pure distance) and its distance."""
+
+    best: list[Tensor]
+    best_distance: Tensor
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    interrupted: bool = False
+
+
+def optimize(
+    step: Callable[[Sequence[Tensor]], tuple[tuple[Tensor, ...], Tensor, Tensor]],
+    variables: Sequence[Tensor],
+    *,
+    iterations: int,
+    lr: float | Sequence[float],
+    schedule: str = "constant",
+    signed: bool = False,
+    project: Callable[[list[Tensor]], None] | None = None,
+    log_every: int = 50,
+    progress: bool = False,
+    description: str = "attack",
+) -> LoopResult:
+    """Adam on variables with a leading restart dimension; keeps each restart's least-distance iterate.
+
+    ``step`` returns per-restart gradients, losses and pure distances (see `GradientMatcher.step`).
+    ``project`` is applied in place after every update (box constraint, ℓ1 ball, sphere). Host syncs happen
+    only every ``log_every`` steps. Ctrl-C stops the loop and returns the best found so far.
+    """
+    from tqdm.auto import tqdm
+
+    leaves = [v.detach().clone().requires_grad_(True) for v in variables]
+    rates = [lr] * len(leaves) if isinstance(lr, (int, float)) else list(lr)
+    optimizer = torch.optim.Adam([{"params": [v], "lr": r} for v, r in zip(leaves, rates, strict=True)])
+    base_rates = [g["lr"] for g in optimizer.param_groups]
+    sched = get_schedule(schedule)
+    restarts = leaves[0].shape[0]
+    best = [v.detach().clone() for v in leaves]
+    best_distance = torch.full((restarts,), float("inf"), device=leaves[0].device)
+    history: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    bar = tqdm(total=iterations, desc=description, disable=not progress, leave=False)
+    done = 0
+    interrupted = False
+    try:
+        for it in range(iterations):
+            factor = sched(it / iterations)
+            for group, base in zip(optimizer.param_groups, base_rates, strict=True):
+                group["lr"] = base * factor
+            current = [v.detach().clone() for v in leaves]
+            grads, loss, dist = step(leaves)
+            # the distance belongs to the iterate it was computed on: keep that iterate if it is the best
+            improved = dist < best_distance
+            best_distance = torch.where(improved, dist, best_distance)
+            for b, c in zip(best, current, strict=True):
+                b.copy_(torch.where(improved.view(-1, *([1] * (b.dim() - 1))), c, b))
+            optimizer.zero_grad(set_to_none=False)
+            for v, g in zip(leaves, grads, strict=True):
+                v.grad = g.sign() if signed else g
+            optimizer.step()
+            if project is not None:
+                with torch.no_grad():
+                    project(leaves)
+            done = it + 1
+            if done % log_every == 0 or done == iterations:
+                entry = {
+                    "step": done,
+                    "loss": loss.min().item(),
+                    "distance": dist.min().item(),
+                    "best_distance": best_distance.min().item(),
+                    "seconds": time.perf_counter() - start,
+                }
+                history.append(entry)
+                bar.update(done - bar.n)
+                bar.set_postfix(distance=f"{entry['best_distance']:.4g}")
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted after %d steps; returning the best result so far", done)
+    finally:
+        bar.close()
+    if not torch.isfinite(best_distance).any():
+        best = [v.detach().clone() for v in leaves]
+    return LoopResult(best=best, best_distance=best_distance, history=history, steps=done, interrupted=interrupted)

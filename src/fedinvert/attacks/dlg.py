@@ -1,0 +1,166 @@
+"""Deep Leakage from Gradients (Zhu et al., NeurIPS 2019) and improved DLG (Zhao et al., 2020)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import Tensor
+
+from fedinvert.attacks.base import ATTACKS, Attack, batch_size_of
+from fedinvert.attacks.labels import infer_labels
+from fedinvert.attacks.objectives import GradientMatcher, resolve_compile
+from fedinvert.errors import ConfigError
+from fedinvert.observation import Observation, Reconstruction
+
+log = logging.getLogger(__name__)
+
+
+@ATTACKS.register("dlg")
+class DLG(Attack):
+    """DLG: L2 gradient distance, dummy image and soft labels optimised jointly with L-BFGS.
+
+    Args:
+        iterations: L-BFGS ``step`` calls per restart (DLG: 300); each may evaluate the objective up to
+            ``max_eval`` times.
+        restarts: independent random starts, run one after another; the least distance wins.
+        lr: L-BFGS learning rate (1.0).
+        distance: gradient distance (DLG: ``l2``).
+        line_search: ``strong_wolfe`` or ``none``.
+        joint_labels: optimise soft labels jointly (DLG) or infer them from the update (iDLG).
+        labels: label inference method when labels are not optimised jointly.
+    """
+
+    joint_labels_default = True
+
+    def __init__(
+        self,
+        *,
+        iterations: int = 300,
+        restarts: int = 1,
+        lr: float = 1.0,
+        distance: str = "l2",
+        line_search: str = "none",
+        max_eval: int | None = None,
+        labels: str = "auto",
+        joint_labels: bool | None = None,
+        compile: bool | str = "auto",
+        device: str | torch.device = "auto",
+        log_every: int = 10,
+    ) -> None:
+        super().__init__(device=device, log_every=log_every)
+        if iterations < 1 or restarts < 1:
+            raise ConfigError(f"attack.iterations and attack.restarts must be ≥ 1, got {iterations}, {restarts}")
+        if line_search not in ("none", "strong_wolfe"):
+            raise ConfigError(f"attack.line_search must be none or strong_wolfe, got {line_search!r}")
+        self.iterations = int(iterations)
+        self.restarts = int(restarts)
+        self.lr = float(lr)
+        self.distance = distance
+        self.line_search = None if line_search == "none" else line_search
+        self.max_eval = max_eval
+        self.labels = labels
+        self.joint_labels = self.joint_labels_default if joint_labels is None else bool(joint_labels)
+        self.compile = compile
+
+    def reconstruct(
+        self, obs: Observation, *, rng: torch.Generator | None = None, progress: bool = False
+    ) -> Reconstruction:
+        from tqdm.auto import tqdm
+
+        size = batch_size_of(obs)
+        known = None if self.joint_labels else infer_labels(obs, method=self.labels, batch_size=size).to(self.device)
+
+        def render(x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+            return x, (y if known is None else known)
+
+        compiled = resolve_compile(self.compile, steps=self.iterations * self.restarts * 20)
+        matcher = GradientMatcher(
+            obs, distance=self.distance, render=render, functional=compiled, compile=compiled, device=self.device
+        )
+        history: list[dict] = []
+        best_images: Tensor | None = None
+        best_labels: Tensor | None = None
+        best_distance = float("inf")
+        interrupted = False
+        start = time.perf_counter()
+        bar = tqdm(total=self.iterations * self.restarts, desc=type(self).__name__, disable=not progress, leave=False)
+        try:
+            for restart in range(self.restarts):
+                x = torch.randn((1, size, *obs.image_shape), generator=rng).to(self.device).requires_grad_(True)
+                variables = [x]
+                if known is None:
+                    y = torch.randn((1, size, obs.num_classes), generator=rng).to(self.device).requires_grad_(True)
+                    variables.append(y)
+                optimizer = torch.optim.LBFGS(
+                    variables, lr=self.lr, line_search_fn=self.line_search, max_eval=self.max_eval
+                )
+                last: dict[str, Tensor] = {}
+
+                def closure() -> Tensor:
+                    optimizer.zero_grad()
+                    grads, loss, dist = matcher.step(variables)
+                    for v, g in zip(variables, grads, strict=True):
+                        v.grad = g
+                    last["distance"] = dist
+                    return loss.sum()
+
+                for it in range(self.iterations):
+                    optimizer.step(closure)
+                    bar.update(1)
+                    if (it + 1) % self.log_every == 0 or it + 1 == self.iterations:
+                        d = float(last["distance"].min())
+                        history.append(
+                            {"restart": restart, "step": it + 1, "distance": d, "seconds": time.perf_counter() - start}
+                        )
+                        if not torch.isfinite(torch.tensor(d)):
+                            log.warning("DLG diverged (non-finite distance) in restart %d", restart)
+                            break
+                best_images, best_labels, best_distance = self._keep_best(
+                    obs, matcher, variables, known, best_images, best_labels, best_distance
+                )
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted; returning the best result so far")
+        finally:
+            bar.close()
+        if best_images is None:
+            best_images = torch.rand((size, *obs.image_shape))
+        return Reconstruction(
+            images=best_images,
+            labels=best_labels,
+            score=best_distance,
+            history=history,
+            iterations=matcher.evaluations,
+            interrupted=interrupted,
+            extras={"compile_seconds": matcher.compile_seconds},
+        )
+
+    def _keep_best(
+        self,
+        obs: Observation,
+        matcher: GradientMatcher,
+        variables: list[Tensor],
+        known: Tensor | None,
+        best_images: Tensor | None,
+        best_labels: Tensor | None,
+        best_distance: float,
+    ) -> tuple[Tensor | None, Tensor | None, float]:
+        x = variables[0][0].detach()
+        if not torch.isfinite(x).all():
+            return best_images, best_labels, best_distance
+        labels = known if known is not None else variables[1][0].detach()
+        distance = matcher.distance(x, labels)
+        if distance < best_distance or best_images is None:
+            images = obs.denormalize(x).clamp(0, 1).cpu()
+            hard = labels if known is not None else labels.argmax(-1)
+            return images, hard.cpu(), distance
+        return best_images, best_labels, best_distance
+
+
+@ATTACKS.register("idlg")
+class IDLG(DLG):
+    """iDLG (Zhao et al. 2020): DLG with the label read from the last layer's update instead of optimised."""
+
+    joint_labels_default = False

@@ -1,0 +1,144 @@
+"""Label inference from the shared update of the last linear layer.
+
+For cross-entropy with mean reduction and softmax, the last layer's gradients are
+``∇b_c = (1/B) Σ_i (p_ic − [y_i = c])`` and ``∇W_c = (1/B) Σ_i (p_ic − [y_i = c]) h_i``, with ``h_i`` the
+penultimate features. Classes in the batch therefore push their bias gradient (and, for non-negative
+features, their weight-row sums) below zero.
+
+Methods (registry `LABEL_METHODS`):
+  * ``idlg`` — batch of one: the single negative entry (Zhao et al. 2020, iDLG).
+  * ``row_sum`` — unique labels: the B most negative row sums of ∇W (used by GIFD and breaching's iDLG).
+  * ``row_min`` — unique labels: the B smallest row minima of ∇W (Yin et al. 2021, GradInversion).
+  * ``count_aware`` — repeated labels: estimate the count of each class as ``B·(p̄_c − ∇b_c)`` (or the
+    row-sum analogue without bias), with ``p̄`` the mean softmax of the model on dummy inputs; every class
+    with a negative entry gets at least one, the rest are filled by largest remainder.
+  * ``known`` — the labels the threat model grants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from fedinvert.errors import ConfigError, MissingCapabilityError
+from fedinvert.observation import Observation
+from fedinvert.registry import Registry
+
+LabelMethod = Callable[[Observation, int], Tensor]
+LABEL_METHODS: Registry[Tensor] = Registry("label inference method")
+
+
+def _last_layer(obs: Observation) -> tuple[Tensor, Tensor | None]:
+    """The observed update of the last linear layer: weight (K, D) and bias (K,) or None."""
+    linears = [(n, m) for n, m in obs.model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError("label inference needs a model ending in an nn.Linear layer")
+    name, layer = linears[-1]
+    prefix = f"{name}." if name else ""
+    weight = obs.update[f"{prefix}weight"].detach().float()
+    bias = obs.update.get(f"{prefix}bias") if layer.bias is not None else None
+    sign = -1.0 if obs.kind == "weight_delta" else 1.0  # a weight delta is −η·(gradient)
+    return sign * weight, (sign * bias.detach().float() if bias is not None else None)
+
+
+def _signal(obs: Observation) -> Tensor:
+    """Per-class evidence, most negative for classes in the batch: the bias update, else row sums."""
+    weight, bias = _last_layer(obs)
+    return bias if bias is not None else weight.sum(dim=1)
+
+
+@LABEL_METHODS.register("idlg")
+def idlg(obs: Observation, batch_size: int) -> Tensor:
+    """iDLG (batch of one): the class whose last-layer update is negative."""
+    if batch_size != 1:
+        raise ConfigError(f"label method 'idlg' needs batch size 1, got {batch_size}; use count_aware")
+    return _signal(obs).argmin().view(1)
+
+
+@LABEL_METHODS.register("row_sum")
+def row_sum(obs: Observation, batch_size: int) -> Tensor:
+    """Unique labels: the ``batch_size`` most negative row sums of the last weight update, sorted."""
+    weight, _ = _last_layer(obs)
+    _check_unique(batch_size, weight.shape[0])
+    return torch.sort(torch.argsort(weight.sum(dim=1))[:batch_size]).values
+
+
+@LABEL_METHODS.register("row_min")
+def row_min(obs: Observation, batch_size: int) -> Tensor:
+    """Unique labels: the ``batch_size`` smallest row minima of the last weight update (Yin et al.)."""
+    weight, _ = _last_layer(obs)
+    _check_unique(batch_size, weight.shape[0])
+    return torch.sort(torch.argsort(weight.min(dim=1).values)[:batch_size]).values
+
+
+def _check_unique(batch_size: int, num_classes: int) -> None:
+    if batch_size > num_classes:
+        raise ConfigError(
+            f"unique-label inference cannot find {batch_size} labels among {num_classes} classes; use count_aware"
+        )
+
+
+@torch.no_grad()
+def dummy_statistics(obs: Observation, *, samples: int = 64, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """p̄ and s̄: the model's mean softmax and mean penultimate-feature sum over random inputs in the image box.
+
+    They stand in for the (unknown) private batch's values in the count estimate.
+    """
+    model = obs.model
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    features: list[Tensor] = []
+    handle = linears[-1].register_forward_hook(lambda _m, inp, _o: features.append(inp[0].detach()))
+    was_training = model.training
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand((samples, *obs.image_shape), generator=gen).to(device)
+    try:
+        model.eval()
+        probs = torch.softmax(model(obs.normalize(images)).float(), dim=-1)
+    finally:
+        model.train(was_training)
+        handle.remove()
+    return probs.mean(0).cpu(), features[0].flatten(1).sum(1).mean().cpu()
+
+
+@LABEL_METHODS.register("count_aware")
+def count_aware(obs: Observation, batch_size: int) -> Tensor:
+    """Repeated labels: estimated counts per class from the last layer's update (sorted labels)."""
+    weight, bias = _last_layer(obs)
+    num_classes = weight.shape[0]
+    p_bar, s_bar = dummy_statistics(obs)
+    if bias is not None:
+        signal = bias.cpu()
+        estimate = batch_size * (p_bar - signal)
+    else:
+        # Σ_j ∇W_cj ≈ s̄ · (p̄_c − n_c / B)
+        signal = weight.sum(dim=1).cpu()
+        estimate = batch_size * (p_bar - signal / s_bar.clamp(min=1e-12))
+    counts = torch.zeros(num_classes, dtype=torch.long)
+    present = torch.nonzero(signal < 0).flatten()
+    present = present[torch.argsort(signal[present])][:batch_size]
+    counts[present] = 1
+    residual = (estimate - counts.float()).clamp(min=0)
+    for _ in range(batch_size - int(counts.sum())):
+        c = int(torch.argmax(residual))
+        counts[c] += 1
+        residual[c] -= 1
+    return torch.repeat_interleave(torch.arange(num_classes), counts)
+
+
+def infer_labels(obs: Observation, *, method: str = "auto", batch_size: int | None = None) -> Tensor:
+    """Labels for the attack: ``auto`` = known labels if granted, iDLG at B = 1, count-aware at B > 1."""
+    size = batch_size or obs.batch_size
+    if size is None:
+        raise ConfigError("label inference needs the batch size (threat.batch_size=known or attack.batch_size)")
+    if method == "known" or (method == "auto" and obs.labels is not None):
+        if obs.labels is None:
+            raise MissingCapabilityError(
+                "attack.labels=known needs threat.labels=known: the observation holds no labels"
+            )
+        return obs.labels.detach().cpu().long()
+    if method == "auto":
+        method = "idlg" if size == 1 else "count_aware"
+    return LABEL_METHODS.get(method)(obs, size)  # type: ignore[call-arg]

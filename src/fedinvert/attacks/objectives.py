@@ -1,0 +1,249 @@
+"""Gradient-matching distances, image regularisers and the pure gradient-matching step.
+
+Every distance takes two equally long sequences of tensors (the dummy update and the observed one, in the
+model's parameter order) and returns a scalar. The step (`GradientMatcher`) is written as a pure function of
+(parameters, dummy input) through `torch.func.functional_call`, so one definition runs eagerly, under `vmap`
+over restarts and under `torch.compile` (DESIGN §11); plain autograd stays as the fallback.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedinvert.errors import ConfigError
+from fedinvert.observation import Observation
+from fedinvert.registry import Registry
+
+log = logging.getLogger(__name__)
+
+Distance = Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]
+DISTANCES: Registry[Tensor] = Registry("gradient distance")
+
+_EPS = 1e-12
+
+
+@DISTANCES.register("l2")
+def l2_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
+    """Squared Euclidean distance summed over all tensors (DLG, Zhu et al. 2019)."""
+    return sum(((d - t) ** 2).sum() for d, t in zip(dummy, target, strict=True))  # type: ignore[return-value]
+
+
+@DISTANCES.register("cosine")
+def cosine_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
+    """1 − one cosine similarity over all tensors jointly (Inverting Gradients, Geiping et al. 2020)."""
+    dot = sum((d * t).sum() for d, t in zip(dummy, target, strict=True))
+    dn = sum((d * d).sum() for d in dummy)
+    tn = sum((t * t).sum() for t in target)
+    return 1 - dot / (torch.sqrt(dn) * torch.sqrt(tn) + _EPS)  # type: ignore[operator]
+
+
+@DISTANCES.register("layer_cosine")
+def layer_cosine_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
+    """Mean over tensors of (1 − per-tensor cosine similarity)."""
+    terms = [
+        1 - (d * t).sum() / (d.norm() * t.norm() + _EPS) for d, t in zip(dummy, target, strict=True)
+    ]
+    return torch.stack(terms).mean()
+
+
+def magnitude_masks(target: Sequence[Tensor], prune_ratio: float) -> list[Tensor]:
+    """Per tensor, 1 where |target| lies in the top (1 − prune_ratio) fraction, else 0 (GIAS's `sim_cmprR`)."""
+    if not 0.0 <= prune_ratio < 1.0:
+        raise ConfigError(f"prune_ratio must lie in [0, 1), got {prune_ratio}")
+    masks = []
+    for t in target:
+        flat = t.detach().abs().flatten()
+        keep = max(1, round(flat.numel() * (1 - prune_ratio)))
+        threshold = torch.topk(flat, keep).values[-1]
+        masks.append((t.detach().abs() >= threshold).to(t.dtype))
+    return masks
+
+
+class MaskedCosineDistance:
+    """Pruning-aware global cosine: compare only entries where the observed update is among the largest.
+
+    With ``prune_ratio=0`` this equals `cosine_distance`. The mask is computed once from the observed update.
+    """
+
+    def __init__(self, target: Sequence[Tensor], *, prune_ratio: float = 0.0) -> None:
+        self.masks = magnitude_masks(target, prune_ratio)
+
+    def __call__(self, dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
+        return cosine_distance(
+            [d * m for d, m in zip(dummy, self.masks, strict=True)],
+            [t * m for t, m in zip(target, self.masks, strict=True)],
+        )
+
+
+def build_distance(name: str, target: Sequence[Tensor], *, prune_ratio: float = 0.0) -> Distance:
+    """Resolve a distance name; ``masked_cosine`` needs the observed update to build its mask."""
+    if name == "masked_cosine":
+        return MaskedCosineDistance(target, prune_ratio=prune_ratio)
+    return DISTANCES.get(name)  # type: ignore[return-value]
+
+
+DISTANCES.add("masked_cosine", MaskedCosineDistance)  # type: ignore[arg-type]
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """Anisotropic total variation: mean |dx| + mean |dy| of a (B, C, H, W) tensor."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+    return dx + dy
+
+
+def image_norm(x: Tensor) -> Tensor:
+    """‖x‖₂ divided by the number of pixels per channel (GIFD's 1e-6·‖x‖₂/H·W term)."""
+    return x.norm() / (x.shape[-1] * x.shape[-2])
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy, mean reduction; ``target`` is class indices (B,) or soft labels/logits (B, K).
+
+    Soft targets are given as unnormalised logits (DLG optimises them) and softmaxed here.
+    """
+    if target.dtype in (torch.int64, torch.int32):
+        return F.cross_entropy(logits, target)
+    return -(F.softmax(target, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def resolve_compile(setting: bool | str, *, steps: int, threshold: int = 1000) -> bool:
+    """``attack.compile``: ``true`` forces, ``false`` stays eager, ``auto`` compiles runs of ≥ threshold steps."""
+    if isinstance(setting, bool):
+        return setting
+    if setting == "auto":
+        return steps >= threshold
+    if setting in ("true", "false"):
+        return setting == "true"
+    raise ConfigError(f"attack.compile must be auto, true or false, got {setting!r}")
+
+
+class GradientMatcher:
+    """The gradient-matching objective of one observation, as a step usable by every attack.
+
+    ``render(*variables) -> (inputs, labels)`` maps the attack's optimisation variables (dummy pixels, a GAN
+    latent, soft labels, ...) to the victim's normalised input and the labels for the loss. ``regularizer``
+    adds image terms to the loss (never to the distance used to pick the best result).
+
+    ``step(variables)`` takes every variable with a leading restart dimension R and returns
+    ``(grads, loss[R], distance[R])``. In functional mode it runs ``vmap(grad_and_value(objective))`` over
+    restarts, optionally under `torch.compile`; in eager mode it loops over restarts with plain autograd.
+
+    The observed model is copied, so the attack never changes its weights or BatchNorm buffers; a model in
+    train mode keeps using batch statistics (as the client did).
+    """
+
+    def __init__(
+        self,
+        obs: Observation,
+        *,
+        distance: str = "cosine",
+        prune_ratio: float = 0.0,
+        render: Callable[..., tuple[Tensor, Tensor]],
+        regularizer: Callable[[Tensor], Tensor] | None = None,
+        update_transform: Callable[[list[Tensor]], list[Tensor]] | None = None,
+        functional: bool = False,
+        compile: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        model = copy.deepcopy(obs.model).to(self.device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if model.training:
+            # Batch statistics without touching running buffers: what the client computed, and vmap-safe.
+            torch.func.replace_all_batch_norm_modules_(model)
+        self.model = model
+        self.names = obs.parameter_names
+        named = dict(model.named_parameters())
+        self.params = {n: named[n].detach() for n in self.names}
+        self.frozen = {n: p.detach() for n, p in named.items() if n not in self.params}
+        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
+        self.target = [t.detach().to(self.device, torch.float32) for t in obs.update_list()]
+        self.distance_fn = build_distance(distance, self.target, prune_ratio=prune_ratio)
+        self.render = render
+        self.regularizer = regularizer
+        self.update_transform = update_transform
+        self.functional = functional
+        self.compiled = False
+        self.compile_seconds = 0.0
+        self.evaluations = 0
+        self._step_fn: Callable[..., Any] | None = None
+        if functional:
+            fn = torch.func.vmap(torch.func.grad_and_value(self._objective, argnums=0, has_aux=True))
+            self._step_fn = torch.compile(fn, dynamic=False) if compile else fn
+            self.compiled = compile
+        self._first_call = True
+
+    # -- pure pieces -----------------------------------------------------------------------------
+    def _loss(self, params: dict[str, Tensor], inputs: Tensor, labels: Tensor) -> Tensor:
+        logits = torch.func.functional_call(self.model, {**params, **self.frozen, **self.buffers}, (inputs,))
+        return soft_cross_entropy(logits, labels)
+
+    def parameter_gradient(self, inputs: Tensor, labels: Tensor, *, create_graph: bool = True) -> list[Tensor]:
+        """The dummy update: ∇θ CE(f_θ(inputs), labels), in parameter order (after the adaptive transform)."""
+        if self.functional:
+            grads = torch.func.grad(self._loss)(self.params, inputs, labels)
+            out = [grads[n] for n in self.names]
+        else:
+            params = {n: p.clone().requires_grad_(True) for n, p in self.params.items()}
+            loss = self._loss(params, inputs, labels)
+            out = list(torch.autograd.grad(loss, [params[n] for n in self.names], create_graph=create_graph))
+        if self.update_transform is not None:
+            out = self.update_transform(out)
+        return out
+
+    def _objective(self, variables: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        inputs, labels = self.render(*variables)
+        dist = self.distance_fn(self.parameter_gradient(inputs, labels), self.target)
+        loss = dist if self.regularizer is None else dist + self.regularizer(inputs)
+        return loss, dist
+
+    # -- the step ------------------------------------------------------------------------------------
+    def step(self, variables: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """Gradients of the loss w.r.t. each variable, the loss and the pure distance, all per restart."""
+        variables = tuple(v.detach() for v in variables)
+        restarts = variables[0].shape[0]
+        self.evaluations += restarts
+        if self._step_fn is not None:
+            start = time.perf_counter()
+            grads, (loss, dist) = self._step_fn(variables)
+            if self._first_call and self.compiled:
+                self.compile_seconds = time.perf_counter() - start
+            self._first_call = False
+            return tuple(grads), loss.detach(), dist.detach()
+        grads_r, losses, dists = [], [], []
+        for r in range(restarts):
+            leaves = tuple(v[r].detach().requires_grad_(True) for v in variables)
+            loss, dist = self._objective(leaves)
+            grads_r.append(torch.autograd.grad(loss, leaves))
+            losses.append(loss.detach())
+            dists.append(dist.detach())
+        grads = tuple(torch.stack([g[i] for g in grads_r]) for i in range(len(variables)))
+        return grads, torch.stack(losses), torch.stack(dists)
+
+    @torch.no_grad()
+    def distance(self, inputs: Tensor, labels: Tensor) -> float:
+        """Pure gradient distance of one candidate batch (no regularisers): the selection criterion."""
+        with torch.enable_grad():
+            saved = self.functional
+            self.functional = False
+            try:
+                grads = self.parameter_gradient(inputs.detach(), labels.detach(), create_graph=False)
+            finally:
+                self.functional = saved
+        self.evaluations += 1
+        return float(self.distance_fn([g.detach() for g in grads], self.target))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

@@ -1,0 +1,137 @@
+"""The `fedinvert` command line: attack, demo, list.
+
+Input errors print one line (``error: ...``) and exit with code 2; no traceback, nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedinvert.errors import FedinvertError
+
+DEMO_ARGS = [
+    "attack=idlg",
+    "model=lenet-dlg",
+    "dataset=photos",
+    "dataset.indices=[1]",
+    "image_size=32",
+    "batch_size=1",
+    "attack.iterations=100",
+    "seed=0",
+]
+
+
+def _registries() -> dict[str, object]:
+    from fedinvert.attacks import ATTACKS, DISTANCES, LABEL_METHODS
+    from fedinvert.config import preset_names
+    from fedinvert.data import DATASETS
+    from fedinvert.metrics import METRICS
+    from fedinvert.models import MODELS
+
+    found: dict[str, object] = {
+        "attacks": ATTACKS,
+        "models": MODELS,
+        "datasets": DATASETS,
+        "metrics": METRICS,
+        "distances": DISTANCES,
+        "labels": LABEL_METHODS,
+        "presets": preset_names(),
+    }
+    try:
+        from fedinvert.priors import PRIORS
+
+        found["priors"] = PRIORS
+    except ImportError:  # pragma: no cover - priors are part of the package
+        pass
+    try:
+        from fedinvert.defenses import DEFENSES  # type: ignore[attr-defined]
+
+        found["defenses"] = DEFENSES
+    except ImportError:
+        found["defenses"] = []
+    return found
+
+
+def _summary(result) -> str:  # type: ignore[no-untyped-def]
+    m = result.metrics
+
+    def fmt(key: str, spec: str) -> str:
+        value = m.get(key)
+        return "n/a" if value is None else format(value, spec)
+
+    where = f"  run folder: {result.out}" if result.out else ""
+    flag = "  (interrupted: best so far)" if result.reconstruction.interrupted else ""
+    return (
+        f"PSNR {fmt('psnr', '.2f')} dB  SSIM {fmt('ssim', '.3f')}  label acc {fmt('label_accuracy', '.2f')}"
+        f"  {fmt('seconds', '.1f')} s{where}{flag}"
+    )
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from fedinvert.config import load_preset, resolve_config
+    from fedinvert.runner import run
+
+    base = load_preset(args.config) if args.config else None
+    if args.config and not Path(args.config).suffix:
+        base = None
+        args.overrides = [f"preset={args.config}", *args.overrides]
+    cfg = resolve_config(args.overrides, base=base)
+    if args.config and Path(args.config).name == "config.yaml" and not any(o.startswith("out=") for o in args.overrides):
+        cfg["out"] = None  # re-running a run writes a new folder
+    result = run(cfg, argv=["fedinvert", "attack", *args.overrides])
+    print(_summary(result))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.config = None
+    args.overrides = [*DEMO_ARGS, *args.overrides]
+    return cmd_attack(args)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    found = _registries()
+    kinds = [args.kind] if args.kind else sorted(found)
+    for kind in kinds:
+        if kind not in found:
+            raise FedinvertError(f"unknown kind '{kind}' for list; known: {', '.join(sorted(found))}")
+        names = list(found[kind])  # type: ignore[call-overload]
+        print(f"{kind}: {', '.join(names) if names else '(none yet)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedinvert", description="Measure how much private image data leaks from federated-learning updates."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    attack = sub.add_parser("attack", help="run one attack: fedinvert attack key=value ...")
+    attack.add_argument("--config", help="a preset name, a YAML file or a run's config.yaml to start from")
+    attack.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. attack=idlg attack.restarts=2")
+    attack.set_defaults(func=cmd_attack)
+    demo = sub.add_parser("demo", help="run the main attack on the embedded defaults and print the run folder")
+    demo.add_argument("overrides", nargs="*")
+    demo.set_defaults(func=cmd_demo)
+    lister = sub.add_parser("list", help="list registered attacks, models, datasets, priors, defences, metrics")
+    lister.add_argument("kind", nargs="?")
+    lister.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except FedinvertError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,240 @@
+"""The run configuration: one nested mapping resolved from defaults, presets and dotted overrides.
+
+Groups (`attack`, `model`, `dataset`, `prior`, `protocol`) carry a ``name`` and the keyword arguments of the
+class that name resolves to; ``attack=gifd`` is shorthand for ``attack.name=gifd``. ``defense`` is an ordered
+list of defences whose parameters live at ``defense.<name>.<param>``. Merging uses OmegaConf.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fedinvert.errors import ConfigError
+
+GROUPS = ("attack", "model", "dataset", "prior", "protocol")
+
+DEFAULTS: dict[str, Any] = {
+    "attack": {"name": "inverting_gradients"},
+    "model": {"name": "lenet-dlg"},
+    "dataset": {"name": "photos", "indices": None, "split": None, "unique_labels": False, "root": None},
+    "prior": None,
+    "defense": {},
+    "protocol": {"name": "fedsgd", "mode": "eval"},
+    "threat": {"labels": "inferred", "batch_size": "known", "local_hparams": "known", "defenses": "known"},
+    "batch_size": 1,
+    "image_size": 32,
+    "channels": None,
+    "num_classes": None,
+    "seed": 0,
+    "device": "auto",
+    "out": None,
+    "overwrite": False,
+    "progress": True,
+    "observation": None,
+}
+
+THREAT_CHOICES = {
+    "labels": ("inferred", "known"),
+    "batch_size": ("known", "unknown"),
+    "local_hparams": ("known", "guessed", "unknown"),
+    "defenses": ("known", "unknown"),
+}
+
+
+def preset_names() -> list[str]:
+    """Names of the YAML presets shipped in `fedinvert/config/presets`."""
+    folder = resources.files("fedinvert.config") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A shipped preset by name (``preset=gifd-face``), or a YAML file by path."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file {name} does not exist")
+        text = path.read_text()
+    else:
+        candidate = resources.files("fedinvert.config") / "presets" / f"{name}.yaml"
+        if not candidate.is_file():
+            raise ConfigError(f"unknown preset '{name}'; known: {', '.join(preset_names())}")
+        text = candidate.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {name} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {name} must hold a mapping at its top level")
+    return data
+
+
+def _normalise_groups(data: dict[str, Any]) -> dict[str, Any]:
+    """Turn shorthands into the canonical shape: group: NAME -> {name: NAME}; defense list -> mapping."""
+    out = dict(data)
+    for group in GROUPS:
+        value = out.get(group)
+        if isinstance(value, str):
+            out[group] = {"name": value}
+        elif value is not None and not isinstance(value, dict):
+            raise ConfigError(f"'{group}' must be a name or a mapping, got {value!r}")
+    defense = out.get("defense")
+    if isinstance(defense, str):
+        defense = [defense]
+    if isinstance(defense, list):
+        out["defense"] = {str(name): {} for name in defense}
+    elif defense is None:
+        out["defense"] = {}
+    elif not isinstance(defense, dict):
+        raise ConfigError(f"'defense' must be a name, a list of names or a mapping, got {defense!r}")
+    return out
+
+
+def _parse_overrides(overrides: Sequence[str]) -> list[dict[str, Any]]:
+    """``key=value`` strings -> nested mappings, applied in order (values parsed as YAML)."""
+    layers = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"argument {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"argument {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        if parts[0] in GROUPS and len(parts) == 1 and isinstance(value, str):
+            value = {"name": value}
+        if parts[0] == "defense" and len(parts) == 1:
+            value = _normalise_groups({"defense": value})["defense"]
+            layers.append({"__replace_defense__": value})
+            continue
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        layers.append(nested)
+    return layers
+
+
+def resolve_config(overrides: Sequence[str] = (), *, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge defaults, an optional base config (a preset or a run's config.yaml) and overrides.
+
+    ``preset=NAME`` among the overrides is applied first. Returns a plain nested dict. Unknown top-level keys
+    raise ConfigError.
+    """
+    overrides = list(overrides)
+    presets = [o.split("=", 1)[1] for o in overrides if o.startswith("preset=")]
+    overrides = [o for o in overrides if not o.startswith("preset=")]
+    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    layers: list[dict[str, Any]] = []
+    if base is not None:
+        layers.append(_normalise_groups(base))
+    layers.extend(_normalise_groups(load_preset(p)) for p in presets)
+    layers.extend(_parse_overrides(overrides))
+    for layer in layers:
+        if "__replace_defense__" in layer:
+            merged["defense"] = layer["__replace_defense__"]
+            continue
+        unknown = sorted(set(layer) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown config key '{unknown[0]}'; known: {', '.join(sorted(DEFAULTS))}")
+        for group in GROUPS:
+            # naming another class for a group drops the previous class's keywords
+            new = layer.get(group)
+            old = merged.get(group)
+            if isinstance(new, dict) and isinstance(old, dict) and "name" in new and new["name"] != old.get("name"):
+                defaults = DEFAULTS.get(group)
+                merged[group] = {k: v for k, v in defaults.items() if k != "name"} if isinstance(defaults, dict) else {}
+        try:
+            merged = OmegaConf.to_container(  # type: ignore[assignment]
+                OmegaConf.merge(OmegaConf.create(merged), OmegaConf.create(layer)), resolve=True
+            )
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"cannot merge configuration: {str(err).splitlines()[0]}") from None
+    for key, choices in THREAT_CHOICES.items():
+        value = merged["threat"].get(key)
+        if value not in choices:
+            raise ConfigError(f"threat.{key} must be one of {', '.join(choices)}, got {value!r}")
+    unknown_threat = sorted(set(merged["threat"]) - set(THREAT_CHOICES))
+    if unknown_threat:
+        raise ConfigError(f"unknown key threat.{unknown_threat[0]}; known: {', '.join(THREAT_CHOICES)}")
+    return merged
+
+
+def class_keywords(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of a class (walking its MRO through ``**kwargs``) or function."""
+    params: dict[str, inspect.Parameter] = {}
+    if inspect.isclass(factory):
+        targets = [c.__init__ for c in inspect.getmro(factory) if "__init__" in vars(c)]  # type: ignore[misc]
+    else:
+        targets = [factory]
+    for fn in targets:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            continue
+        has_var_kw = False
+        for name, p in sig.parameters.items():
+            if name == "self" or p.kind is inspect.Parameter.VAR_POSITIONAL:
+                continue
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                has_var_kw = True
+                continue
+            params.setdefault(name, p)
+        if not has_var_kw:
+            break
+    return params
+
+
+def resolve_keywords(
+    group: str,
+    name: str,
+    factory: Callable[..., Any],
+    given: dict[str, Any],
+    *,
+    preset: dict[str, Any] | None = None,
+    exclude: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The full keyword set for ``factory``: its defaults, then the registry preset, then the user's values.
+
+    Unknown keys raise ConfigError naming the key and the valid ones; a bool where a number is expected (or
+    the reverse) is rejected too. Required keywords in ``exclude`` (filled in by the runner) are skipped.
+    """
+    params = class_keywords(factory)
+    valid = sorted(n for n in params if n not in exclude)
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown key {group}.{unknown[0]} for {group} '{name}'; valid keys: {', '.join(valid)}")
+    resolved: dict[str, Any] = {}
+    for key in valid:
+        p = params[key]
+        if key in given:
+            value = given[key]
+        elif preset and key in preset:
+            value = preset[key]
+        elif p.default is not inspect.Parameter.empty:
+            value = p.default
+        else:
+            continue
+        default = p.default if p.default is not inspect.Parameter.empty else None
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{group}.{key} must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{group}.{key} must be a number, got {value!r}")
+            if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"{group}.{key} must be an integer, got {value!r}")
+            value = type(default)(value)
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value)
+        resolved[key] = value
+    return resolved

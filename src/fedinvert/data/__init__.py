@@ -1,0 +1,47 @@
+"""Data sets, all read from this machine (DESIGN §7): nothing is ever downloaded.
+
+Registered names: ``fashion-mnist`` (IDX files, Debian package ``dataset-fashion-mnist``), ``photos``
+(colour photos bundled in scikit-image, scikit-learn and matplotlib), ``lfw`` (scikit-image's LFW faces),
+``digits`` (scikit-learn), ``folder`` (any ImageFolder tree), ``cifar10`` / ``cifar100`` (the python
+pickle batches from a local path) and ``synthetic`` (smooth random images, for tests).
+
+`load_batch` draws a run's private batch; a data set's class gives the whole split as an `ImageSet`.
+"""
+
+from fedinvert.data.base import DATASETS, Dataset, ImageSet, UnlabelledDataset
+from fedinvert.data.cifar import CIFAR10, CIFAR100, RestrictedUnpickler, restricted_loads
+from fedinvert.data.digits import Digits
+from fedinvert.data.fashion_mnist import FashionMNIST, read_idx
+from fedinvert.data.folder import ImageFolder
+from fedinvert.data.lfw import LFW
+from fedinvert.data.loader import Batch, build_dataset, default_normalization, load_batch, sample_indices
+from fedinvert.data.photos import PHOTO_ORDER, Photos
+from fedinvert.data.synthetic import Synthetic
+from fedinvert.data.transforms import convert_channels, resize, square_crop
+
+__all__ = [
+    "CIFAR10",
+    "CIFAR100",
+    "DATASETS",
+    "LFW",
+    "PHOTO_ORDER",
+    "Batch",
+    "Dataset",
+    "Digits",
+    "FashionMNIST",
+    "ImageFolder",
+    "ImageSet",
+    "Photos",
+    "RestrictedUnpickler",
+    "Synthetic",
+    "UnlabelledDataset",
+    "build_dataset",
+    "convert_channels",
+    "default_normalization",
+    "load_batch",
+    "read_idx",
+    "resize",
+    "restricted_loads",
+    "sample_indices",
+    "square_crop",
+]

@@ -1,0 +1,207 @@
+"""Building data sets by name and drawing the private batch of a run (DESIGN §12 "Data")."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedinvert.data.base import DATASETS, Dataset, check_indices, check_positive_int
+from fedinvert.data.transforms import convert_channels, resize
+from fedinvert.errors import ConfigError
+from fedinvert.seeding import numpy_rng
+
+FASHION_MNIST_MEAN = 0.2860
+FASHION_MNIST_STD = 0.3530
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A client's private batch.
+
+    Attributes:
+        images: (B, C, H, W) float32 in [0, 1], un-normalised.
+        labels: (B,) int64 in [0, num_classes).
+        indices: positions of the images in the split, in batch order.
+        num_classes: size of the label space.
+        split: the split the images come from.
+        name: registry name of the data set.
+    """
+
+    images: Tensor
+    labels: Tensor
+    indices: list[int]
+    num_classes: int
+    split: str
+    name: str
+
+
+def default_normalization(dataset_name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) per channel a client applies to [0, 1] images of ``dataset_name`` by default.
+
+    Fashion-MNIST uses its pixel statistics, mean 0.2860 and std 0.3530; every other data set 0.5 and 0.5.
+    """
+    channels = check_positive_int(channels, key="channels")
+    if dataset_name == "fashion-mnist":
+        return (FASHION_MNIST_MEAN,) * channels, (FASHION_MNIST_STD,) * channels
+    return (0.5,) * channels, (0.5,) * channels
+
+
+def _constructor_keywords(name: str) -> frozenset[str]:
+    factory, _ = DATASETS.entry(name)
+    return frozenset(inspect.signature(factory).parameters)
+
+
+def build_dataset(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    num_classes: int | None = None,
+) -> Dataset:
+    """The registered data set ``name``, given those options its constructor takes.
+
+    Options that are ``None`` are left at the data set's defaults. ``image_size`` and ``channels`` that the
+    data set does not take are not errors: `load_batch` applies them to the images afterwards.
+
+    Raises:
+        ConfigError: unknown ``name`` (the message lists the known ones); ``root`` for a data set that reads
+            no files; ``num_classes`` that differs from a labelled data set's class count.
+    """
+    accepted = _constructor_keywords(name)
+    if root is not None and "root" not in accepted:
+        raise ConfigError(f"dataset '{name}' comes with its Python packages and takes no root; drop dataset.root")
+    options = {"root": root, "image_size": image_size, "channels": channels, "num_classes": num_classes}
+    dataset = DATASETS.build(name, **{k: v for k, v in options.items() if v is not None and k in accepted})
+    if num_classes is not None and num_classes != dataset.num_classes:
+        raise ConfigError(
+            f"dataset '{name}' has {dataset.num_classes} classes, but num_classes={num_classes} was given"
+        )
+    return dataset
+
+
+def sample_indices(
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    num_classes: int,
+    unique_labels: bool = False,
+    where: str = "the split",
+) -> np.ndarray:
+    """``batch_size`` distinct positions into ``labels``, drawn from the seed's ``data`` stream.
+
+    With ``unique_labels`` no label occurs twice: positions are visited in a seeded random order and each
+    label's first position is kept.
+
+    Args:
+        labels: (N,) labels of the whole split.
+        batch_size: number of positions, 1..N (and at most ``num_classes`` with ``unique_labels``).
+        seed: the run's seed; only its ``data`` stream is used.
+        num_classes: size of the label space.
+        unique_labels: whether the batch must have pairwise different labels.
+        where: how error messages name the split.
+    """
+    if batch_size > len(labels):
+        raise ConfigError(f"batch_size={batch_size} exceeds the {len(labels)} images of {where}")
+    rng = numpy_rng(seed, "data")
+    if not unique_labels:
+        return rng.choice(len(labels), size=batch_size, replace=False).astype(np.int64)
+    if batch_size > num_classes:
+        raise ConfigError(
+            f"unique_labels needs batch_size <= num_classes ({num_classes}), got batch_size={batch_size}"
+        )
+    order = rng.permutation(len(labels))
+    _, first = np.unique(labels[order], return_index=True)
+    if len(first) < batch_size:
+        raise ConfigError(
+            f"{where} holds only {len(first)} different labels, too few for unique_labels with "
+            f"batch_size={batch_size}"
+        )
+    return order[np.sort(first)[:batch_size]].astype(np.int64)
+
+
+def load_batch(
+    name: str,
+    *,
+    batch_size: int,
+    indices: Sequence[int] | None = None,
+    split: str | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
+    unique_labels: bool = False,
+    root: str | Path | None = None,
+) -> Batch:
+    """Draw a private batch from the data set registered as ``name``.
+
+    Args:
+        name: registry name (``fashion-mnist``, ``photos``, ``lfw``, ``digits``, ``folder``, ``cifar10``,
+            ``cifar100``, ``synthetic``).
+        batch_size: number of images B >= 1.
+        indices: positions in the split (file order) to use, exactly ``batch_size`` of them; ``None``
+            samples without replacement from the seed's ``data`` stream.
+        split: ``train`` or ``test`` where the data set has both; ``None`` is its default (``test``).
+        image_size: side S of the returned square images; ``None`` keeps the native size. Photos and
+            folders are cropped at this size, other sets are resized (bilinear, anti-aliased).
+        channels: 1 or 3; grey is repeated to RGB, RGB becomes grey by BT.601 luminance. ``None`` keeps them.
+        num_classes: label space of unlabelled sets (label = index mod num_classes, default 10); for
+            labelled sets it must match their class count when given.
+        seed: the run's seed.
+        unique_labels: sample so that no label repeats (needs B <= num_classes); with ``indices`` it
+            checks that their labels are distinct.
+        root: where the files of ``fashion-mnist``, ``folder``, ``cifar10`` and ``cifar100`` are.
+
+    Returns:
+        A `Batch` with images (B, C, S, S) float32 in [0, 1] and labels (B,) int64.
+
+    Raises:
+        ConfigError: bad option, unknown name or split, out-of-range index, wrong number of indices.
+        DataNotFoundError: the data set's files are not on this machine (the message says how to get them).
+    """
+    batch_size = check_positive_int(batch_size, key="batch_size")
+    if image_size is not None:
+        image_size = check_positive_int(image_size, key="image_size")
+    if channels is not None and channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    dataset = build_dataset(name, root=root, image_size=image_size, channels=channels, num_classes=num_classes)
+    split = dataset.resolve_split(split)
+    labels = dataset.labels(split=split)
+    where = f"dataset '{name}' split '{split}'"
+    if indices is None:
+        chosen = sample_indices(
+            labels,
+            batch_size=batch_size,
+            seed=seed,
+            num_classes=dataset.num_classes,
+            unique_labels=unique_labels,
+            where=where,
+        )
+    else:
+        chosen = check_indices(indices, size=len(labels), where=where)
+        if len(chosen) != batch_size:
+            raise ConfigError(f"got {len(chosen)} indices for batch_size={batch_size}; give exactly batch_size")
+        if unique_labels and len(np.unique(labels[chosen])) < batch_size:
+            raise ConfigError(f"indices {chosen.tolist()} repeat a label, but unique_labels is set")
+    subset = dataset.take(chosen, split=split)
+    images = subset.images
+    accepted = _constructor_keywords(name)
+    if image_size is not None and "image_size" not in accepted:
+        images = resize(images, image_size)
+    if channels is not None and "channels" not in accepted:
+        images = convert_channels(images, channels)
+    return Batch(
+        images=images.contiguous(),
+        labels=subset.labels.to(torch.long),
+        indices=chosen.tolist(),
+        num_classes=dataset.num_classes,
+        split=split,
+        name=name,
+    )

@@ -1,0 +1,274 @@
+"""Scoring a reconstruction against the private batch (DESIGN §8, §12 "metrics.json").
+
+All image metrics work on un-normalised images in [0, 1] of shape (B, C, H, W) and return one value per
+image. ``evaluate`` first pairs every private image with a reconstruction (Hungarian assignment on the
+per-image MSE, scipy) and then scores the pairs; its result is plain Python data, ready for ``json.dumps``.
+LPIPS is not provided yet.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from pytorch_msssim import ssim as _msssim_ssim
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from fedinvert.models import penultimate_features
+from fedinvert.registry import Registry
+
+PSNR_CAP_DB = 100.0
+"""Upper bound of the per-image PSNR, so that exact recovery (MSE 0) stays a finite, valid JSON number."""
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+
+METRICS: Registry[Tensor] = Registry("metric")
+"""Per-image metrics ``f(a, b) -> Tensor(B)`` on [0, 1] images; ``evaluate`` reports every entry."""
+
+
+def _check_pair(a: Tensor, b: Tensor) -> None:
+    if a.dim() != 4 or a.shape != b.shape:
+        raise ValueError(
+            f"expected two (B, C, H, W) image batches of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def mse_per_image(a: Tensor, b: Tensor) -> Tensor:
+    """Mean squared error per image.
+
+    Args:
+        a, b: (B, C, H, W) images in [0, 1].
+
+    Returns:
+        (B,) MSE of each pair, in [0, 1] for images in [0, 1].
+    """
+    _check_pair(a, b)
+    return (a.float() - b.float()).square().flatten(1).mean(1)
+
+
+def psnr_per_image(a: Tensor, b: Tensor) -> Tensor:
+    """Peak signal-to-noise ratio per image in dB, data range 1, capped at ``PSNR_CAP_DB`` (100 dB).
+
+    PSNR = 10 · log10(1 / MSE); identical images (MSE 0) score the cap instead of infinity.
+
+    Args:
+        a, b: (B, C, H, W) images in [0, 1].
+
+    Returns:
+        (B,) PSNR in dB, at most 100.
+    """
+    mse = mse_per_image(a, b)
+    psnr = -10.0 * torch.log10(mse.clamp_min(torch.finfo(mse.dtype).tiny))
+    return psnr.clamp(max=PSNR_CAP_DB)
+
+
+def ssim_window(height: int, width: int) -> int:
+    """The SSIM window size used for (H, W) images: 11, shrunk to the largest odd size ≤ min(H, W).
+
+    Images smaller than 11 px therefore get a smaller Gaussian window (σ stays 1.5); 1- and 2-px images get a
+    window of 1, i.e. SSIM of single pixels averaged over the image.
+    """
+    side = min(int(height), int(width), SSIM_WINDOW)
+    return side if side % 2 == 1 else side - 1
+
+
+def ssim_per_image(a: Tensor, b: Tensor) -> Tensor:
+    """Structural similarity per image (Wang et al., 2004) from ``pytorch_msssim.ssim``.
+
+    Gaussian window of size 11 and σ 1.5 (shrunk to ``ssim_window(H, W)`` for small images), K = (0.01, 0.03),
+    data range 1, the mean over the valid (unpadded) window positions and over channels.
+
+    Args:
+        a, b: (B, C, H, W) images in [0, 1], with H, W ≥ 2.
+
+    Returns:
+        (B,) SSIM in [−1, 1]; 1 for identical images.
+    """
+    _check_pair(a, b)
+    height, width = a.shape[-2:]
+    if min(height, width) < 2:
+        raise ValueError(f"SSIM needs images of at least 2×2 pixels, got {height}×{width}")
+    return _msssim_ssim(
+        a.float(),
+        b.float(),
+        data_range=1.0,
+        size_average=False,
+        win_size=ssim_window(height, width),
+        win_sigma=SSIM_SIGMA,
+    )
+
+
+METRICS.add("mse", mse_per_image)
+METRICS.add("psnr", psnr_per_image)
+METRICS.add("ssim", ssim_per_image)
+
+
+def match(private: Tensor, reconstructed: Tensor) -> Tensor:
+    """Pair every private image with a distinct reconstruction, minimising the total per-image MSE.
+
+    Hungarian assignment (``scipy.optimize.linear_sum_assignment``) on the B_p × B_r matrix of MSEs between
+    private image i and reconstruction j, both in [0, 1]. Attacks return their images in no particular order,
+    so scoring without this step would punish a correct reconstruction in the wrong slot.
+
+    Args:
+        private: (B_p, C, H, W) private images in [0, 1].
+        reconstructed: (B_r, C, H, W) reconstructions in [0, 1], with B_r ≥ B_p. When B_r > B_p the
+            assignment chooses the B_p reconstructions that fit best; the others are left out.
+
+    Returns:
+        (B_p,) LongTensor ``perm`` of distinct indices into ``reconstructed`` such that ``reconstructed[perm][i]``
+        is the reconstruction paired with ``private[i]``.
+
+    Raises:
+        ValueError: different image shapes, or fewer reconstructions than private images (an attack must
+            return at least one image per private image).
+    """
+    if private.dim() != 4 or reconstructed.dim() != 4 or private.shape[1:] != reconstructed.shape[1:]:
+        raise ValueError(
+            f"expected (B, C, H, W) batches of the same image shape, got {tuple(private.shape)}"
+            f" and {tuple(reconstructed.shape)}"
+        )
+    if len(reconstructed) < len(private):
+        raise ValueError(
+            f"cannot match {len(private)} private images with only {len(reconstructed)} reconstructions"
+        )
+    p = private.detach().flatten(1).double()
+    r = reconstructed.detach().flatten(1).double().to(p.device)
+    # the direct (not matrix-product) form keeps MSE 0 exact for identical images
+    cost = torch.cdist(p, r, compute_mode="donot_use_mm_for_euclid_dist").square() / p.shape[1]
+    rows, cols = linear_sum_assignment(cost.cpu().numpy())
+    perm = torch.empty(len(private), dtype=torch.long)
+    perm[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(cols, dtype=torch.long)
+    return perm
+
+
+def label_accuracy(
+    true_labels: Tensor | Sequence[int], rec_labels: Tensor | Sequence[int] | None
+) -> float | None:
+    """Fraction of the private labels that the attack recovered, compared as multisets.
+
+    The overlap of the two multisets divided by the number of private labels B, so order does not matter and
+    a label recovered twice counts only as often as it occurs in the batch: [1, 1, 2] vs [1, 2, 2] → 2/3.
+
+    Args:
+        true_labels: (B,) private labels.
+        rec_labels: the attack's labels, or None when it returns none.
+
+    Returns:
+        A float in [0, 1], or None when ``rec_labels`` is None.
+    """
+    if rec_labels is None:
+        return None
+    truth = [int(v) for v in (true_labels.tolist() if isinstance(true_labels, Tensor) else true_labels)]
+    guess = [int(v) for v in (rec_labels.tolist() if isinstance(rec_labels, Tensor) else rec_labels)]
+    if not truth:
+        raise ValueError("label_accuracy needs at least one private label")
+    overlap = sum((Counter(truth) & Counter(guess)).values())
+    return overlap / len(truth)
+
+
+def feature_distance(model: nn.Module, private_inputs: Tensor, rec_inputs: Tensor) -> Tensor:
+    """Per-image MSE between the victim's penultimate features of the private and reconstructed inputs.
+
+    The features are the inputs to the victim's last ``nn.Linear`` (``fedinvert.models.last_linear``). The
+    model runs in eval mode without gradients; every submodule's train/eval flag is restored afterwards.
+
+    Args:
+        model: the victim classifier.
+        private_inputs, rec_inputs: (B, C, H, W) in the victim's normalised space, paired by index.
+
+    Returns:
+        (B,) mean squared feature difference per image (≥ 0), on the model's device.
+    """
+    _check_pair(private_inputs, rec_inputs)
+    modes = [(module, module.training) for module in model.modules()]
+    device = next((p.device for p in model.parameters()), private_inputs.device)
+    try:
+        model.eval()
+        with torch.no_grad():
+            fp = penultimate_features(model, private_inputs.to(device)).float()
+            fr = penultimate_features(model, rec_inputs.to(device)).float()
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    return (fp - fr).square().flatten(1).mean(1)
+
+
+def _normalize(images: Tensor, normalization: tuple[Sequence[float], Sequence[float]]) -> Tensor:
+    mean, std = normalization
+    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    if m.shape[1] not in (1, images.shape[1]) or s.shape[1] not in (1, images.shape[1]):
+        raise ValueError(
+            f"normalization must give 1 or {images.shape[1]} means and stds, got {normalization}"
+        )
+    return (images - m) / s
+
+
+def evaluate(
+    private: Tensor,
+    reconstructed: Tensor,
+    *,
+    true_labels: Tensor | None = None,
+    rec_labels: Tensor | None = None,
+    model: nn.Module | None = None,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """Match the reconstructions to the private batch, then score them (the ``metrics.json`` numbers).
+
+    Args:
+        private: (B, C, H, W) private images in [0, 1].
+        reconstructed: (B_r, C, H, W) reconstructions in [0, 1], B_r ≥ B (see ``match``).
+        true_labels: (B,) private labels, for ``label_accuracy``.
+        rec_labels: the attack's labels; compared with ``true_labels`` as multisets, independent of the image
+            matching.
+        model: the victim, for ``feature_distance`` (needs ``normalization`` too).
+        normalization: (mean, std) per channel that maps [0, 1] images to the victim's inputs.
+
+    Returns:
+        A JSON-serialisable dict: ``psnr``, ``ssim``, ``mse`` (means over the B private images; PSNR capped at
+        100 dB per image), ``label_accuracy`` (None without labels), ``feature_distance`` (None without model
+        and normalization), ``order`` (the ``match`` permutation as a list: reconstruction ``order[i]`` is
+        paired with private image i) and ``per_image``: one dict per private image with ``index``,
+        ``matched``, the per-image metrics and, when computed, ``feature_distance``.
+
+    Raises:
+        ValueError: shapes do not fit, or the images hold NaN or inf.
+    """
+    for what, images in (("private", private), ("reconstructed", reconstructed)):
+        if not torch.isfinite(images).all():
+            raise ValueError(f"the {what} images hold NaN or inf")
+    private = private.detach().float()
+    perm = match(private, reconstructed)
+    paired = reconstructed.detach().float().to(private.device)[perm.to(private.device)]
+    per_metric = {name: METRICS.get(name)(private, paired).cpu().tolist() for name in METRICS}
+    distances: list[float] | None = None
+    if model is not None and normalization is not None:
+        distances = (
+            feature_distance(model, _normalize(private, normalization), _normalize(paired, normalization))
+            .cpu()
+            .tolist()
+        )
+
+    per_image: list[dict[str, Any]] = []
+    for i, j in enumerate(perm.tolist()):
+        row: dict[str, Any] = {"index": i, "matched": int(j)}
+        row.update({name: float(values[i]) for name, values in per_metric.items()})
+        if distances is not None:
+            row["feature_distance"] = float(distances[i])
+        per_image.append(row)
+
+    result: dict[str, Any] = {name: _mean(values) for name, values in per_metric.items()}
+    result["label_accuracy"] = None if true_labels is None else label_accuracy(true_labels, rec_labels)
+    result["feature_distance"] = None if distances is None else _mean(distances)
+    result["order"] = [int(j) for j in perm.tolist()]
+    result["per_image"] = per_image
+    return result
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values))

@@ -1,0 +1,26 @@
+"""Victim classifiers (DESIGN §2, §12 "Victims") and helpers that work on any classifier.
+
+Importing this package registers the built-in victims in ``MODELS``: ``lenet-dlg``, ``lenet5``, ``convnet``,
+``resnet18``, ``resnet18-imagenet`` and ``resnet34``. Any ``nn.Module`` that ends in an ``nn.Linear`` works
+through the Python API without registration.
+"""
+
+from fedinvert.models.base import MODELS, build_model, last_linear, model_options, penultimate_features
+from fedinvert.models.convnet import ConvNet
+from fedinvert.models.layers import MIN_IMAGE_SIZE
+from fedinvert.models.lenet import LeNet5, LeNetDLG
+from fedinvert.models.resnet import BasicBlock, ResNet
+
+__all__ = [
+    "MIN_IMAGE_SIZE",
+    "MODELS",
+    "BasicBlock",
+    "ConvNet",
+    "LeNet5",
+    "LeNetDLG",
+    "ResNet",
+    "build_model",
+    "last_linear",
+    "model_options",
+    "penultimate_features",
+]

@@ -1,0 +1,385 @@
+"""Build a run from a resolved config, execute it, and write the run folder (DESIGN §9, §12).
+
+Client side (data, victim, protocol, defences) produces an `Observation`; the attack sees only that;
+evaluation alone sees the private batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+import fedinvert
+from fedinvert import metrics as metrics_mod
+from fedinvert.attacks import ATTACKS, Attack
+from fedinvert.attacks.base import resolve_device
+from fedinvert.config import resolve_keywords
+from fedinvert.data import default_normalization, load_batch
+from fedinvert.data.base import DATASETS
+from fedinvert.errors import CheckpointError, ConfigError, FedinvertError
+from fedinvert.fl import FedSGDClient
+from fedinvert.models import build_model
+from fedinvert.observation import Capability, Observation, Reconstruction
+from fedinvert.report import save_grid, save_loss_plot
+from fedinvert.seeding import generator
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = {"fedsgd": FedSGDClient}
+
+
+@dataclass
+class Scenario:
+    """The client side of a run: what the attacker observes and the private batch kept for evaluation."""
+
+    observation: Observation
+    private: Tensor | None  # (B, C, H, W) in [0, 1]
+    private_labels: Tensor | None
+    granted: frozenset[Capability] = frozenset()
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    reconstruction: Reconstruction
+    scenario: Scenario
+    out: Path | None = None
+    run_info: dict[str, Any] = field(default_factory=dict)
+
+
+# -- client side -------------------------------------------------------------------------------------
+def _group_kwargs(cfg: dict[str, Any], group: str, factory: Any, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    section = dict(cfg.get(group) or {})
+    name = section.pop("name", None)
+    return resolve_keywords(group, str(name), factory, section, exclude=exclude)
+
+
+def build_scenario(cfg: dict[str, Any]) -> Scenario:
+    """Data → victim → protocol → (defences) → Observation, following the config and threat model."""
+    if cfg.get("observation"):
+        return load_observation(cfg["observation"], cfg)
+    seed = int(cfg["seed"])
+    ds_cfg = dict(cfg["dataset"])
+    ds_name = ds_cfg.pop("name")
+    DATASETS.get(ds_name)
+    batch_size = int(cfg["batch_size"])
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
+    image_size = cfg.get("image_size")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
+        raise ConfigError(f"image_size must be an integer ≥ 8, got {image_size!r}")
+    indices = ds_cfg.pop("indices", None)
+    if indices is not None and not isinstance(indices, list):
+        indices = [indices]
+    known = {"split", "unique_labels", "root"}
+    extra = sorted(set(ds_cfg) - known)
+    if extra:
+        raise ConfigError(f"unknown key dataset.{extra[0]}; valid keys: indices, {', '.join(sorted(known))}")
+    batch = load_batch(
+        ds_name,
+        batch_size=batch_size,
+        indices=indices,
+        split=ds_cfg.get("split"),
+        image_size=image_size,
+        channels=cfg.get("channels"),
+        num_classes=cfg.get("num_classes"),
+        seed=seed,
+        unique_labels=bool(ds_cfg.get("unique_labels", False)),
+        root=ds_cfg.get("root"),
+    )
+    images, labels = batch.images, batch.labels
+    channels, height, width = images.shape[1:]
+    num_classes = int(cfg.get("num_classes") or batch.num_classes)
+    if int(labels.max()) >= num_classes:
+        raise ConfigError(f"num_classes={num_classes} is too small for label {int(labels.max())} of the batch")
+    normalization = default_normalization(ds_name, channels)
+
+    model_cfg = dict(cfg["model"])
+    model_name = model_cfg.pop("name")
+    model = build_model(model_name, in_channels=channels, num_classes=num_classes, image_size=height, seed=seed, **model_cfg)
+
+    proto_cfg = dict(cfg["protocol"])
+    proto_name = proto_cfg.pop("name")
+    if proto_name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol '{proto_name}'; known: {', '.join(sorted(PROTOCOLS))}")
+    client_cls = PROTOCOLS[proto_name]
+    client = client_cls(**resolve_keywords("protocol", proto_name, client_cls, proto_cfg))
+    mean = torch.tensor(normalization[0]).view(1, -1, 1, 1)
+    std = torch.tensor(normalization[1]).view(1, -1, 1, 1)
+    inputs = (images - mean) / std
+    update = client.update(model, inputs, labels)
+
+    if cfg.get("defense"):
+        raise ConfigError(
+            f"unknown defense '{next(iter(cfg['defense']))}'; no defences are registered in this version"
+        )
+    threat = cfg["threat"]
+    obs = Observation(
+        model=model,
+        update=update,
+        kind=client.kind,  # type: ignore[arg-type]
+        image_shape=(channels, height, width),
+        num_classes=num_classes,
+        normalization=normalization,
+        batch_size=batch_size if threat["batch_size"] == "known" else None,
+        labels=labels.clone() if threat["labels"] == "known" else None,
+    )
+    granted = {Capability.PRIOR} if cfg.get("prior") else set()
+    info = {"dataset": ds_name, "indices": batch.indices, "split": batch.split, "model": model_name}
+    return Scenario(observation=obs, private=images, private_labels=labels, granted=frozenset(granted), info=info)
+
+
+# -- observation files ---------------------------------------------------------------------------------
+def save_observation(path: Path, scenario: Scenario, cfg: dict[str, Any]) -> None:
+    """What the attacker saw, as safetensors: update, model weights and buffers, granted labels, metadata."""
+    obs = scenario.observation
+    tensors = {f"update.{n}": t.detach().contiguous().cpu() for n, t in obs.update.items()}
+    tensors.update({f"model.{n}": t.detach().contiguous().cpu() for n, t in obs.model.state_dict().items()})
+    if obs.labels is not None:
+        tensors["labels"] = obs.labels.cpu()
+    meta = {
+        "model": cfg["model"],
+        "model_training": obs.model.training,
+        "kind": obs.kind,
+        "image_shape": list(obs.image_shape),
+        "num_classes": obs.num_classes,
+        "normalization": [list(obs.normalization[0]), list(obs.normalization[1])],
+        "batch_size": obs.batch_size,
+        "loss": obs.loss,
+    }
+    save_file(tensors, str(path), metadata={"fedinvert": json.dumps(meta)})
+
+
+def load_observation(path: str | Path, cfg: dict[str, Any]) -> Scenario:
+    """Rebuild an Observation from `observation.safetensors`; the private batch is taken from the
+    `tensors.safetensors` beside it, if there is one (for evaluation only)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "observation.safetensors"
+    if not path.is_file():
+        raise ConfigError(f"observation file {path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {})["fedinvert"])
+        tensors = load_file(str(path))
+    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as err:
+        raise CheckpointError(f"{path} is not a fedinvert observation file ({type(err).__name__})") from None
+    model_cfg = dict(meta["model"])
+    name = model_cfg.pop("name")
+    channels, height, _ = meta["image_shape"]
+    model = build_model(name, in_channels=channels, num_classes=meta["num_classes"], image_size=height, **model_cfg)
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: model weights do not match '{name}': {str(err).splitlines()[0]}") from None
+    model.train(bool(meta["model_training"]))
+    update = {k[len("update.") :]: v for k, v in tensors.items() if k.startswith("update.")}
+    obs = Observation(
+        model=model,
+        update=update,
+        kind=meta["kind"],
+        image_shape=tuple(meta["image_shape"]),  # type: ignore[arg-type]
+        num_classes=int(meta["num_classes"]),
+        normalization=(tuple(meta["normalization"][0]), tuple(meta["normalization"][1])),
+        batch_size=meta["batch_size"],
+        labels=tensors.get("labels"),
+        loss=meta.get("loss", "cross_entropy"),
+    )
+    private = private_labels = None
+    private_file = path.parent / "tensors.safetensors"
+    if private_file.is_file():
+        stored = load_file(str(private_file))
+        private, private_labels = stored.get("private"), stored.get("labels")
+    granted = {Capability.PRIOR} if cfg.get("prior") else set()
+    return Scenario(
+        observation=obs, private=private, private_labels=private_labels, granted=frozenset(granted),
+        info={"observation": str(path)},
+    )
+
+
+# -- attacker side -------------------------------------------------------------------------------------
+def build_attack(cfg: dict[str, Any], *, device: torch.device) -> tuple[Attack, dict[str, Any]]:
+    """The attack named by ``attack.name`` with its fully resolved keyword arguments (also returned)."""
+    section = dict(cfg["attack"])
+    name = section.pop("name")
+    factory, preset = ATTACKS.entry(name)
+    kwargs = resolve_keywords("attack", name, factory, section, preset=preset, exclude=("device", "prior"))
+    extra: dict[str, Any] = {"device": device}
+    from fedinvert.config import class_keywords
+
+    if "prior" in class_keywords(factory):
+        if not cfg.get("prior"):
+            raise ConfigError(f"attack '{name}' needs a generative prior: set prior=<name> (e.g. prior=face-dcgan)")
+        extra["prior"] = build_prior_from_config(cfg, device=device)
+    return factory(**kwargs, **extra), kwargs
+
+
+def build_prior_from_config(cfg: dict[str, Any], *, device: torch.device) -> Any:
+    from fedinvert.priors import PRIORS
+
+    section = dict(cfg["prior"])
+    name = section.pop("name")
+    factory, preset = PRIORS.entry(name)
+    kwargs = resolve_keywords("prior", name, factory, section, preset=preset)
+    cfg["prior"] = {"name": name, **kwargs}
+    return factory(**kwargs).to(device)
+
+
+# -- evaluation ----------------------------------------------------------------------------------------
+def evaluate_run(scenario: Scenario, rec: Reconstruction) -> dict[str, Any]:
+    """Match, then score (DESIGN §8); GIFD's stages are matched and scored on their own."""
+    obs = scenario.observation
+    if scenario.private is None:
+        result: dict[str, Any] = {"psnr": None, "ssim": None, "mse": None, "label_accuracy": None, "per_image": []}
+    else:
+        result = metrics_mod.evaluate(
+            scenario.private,
+            rec.images,
+            true_labels=scenario.private_labels,
+            rec_labels=rec.labels,
+            model=obs.model,
+            normalization=obs.normalization,
+        )
+    if rec.stages:
+        stages = []
+        for stage in rec.stages:
+            psnr = None
+            if scenario.private is not None:
+                order = metrics_mod.match(scenario.private, stage.images)
+                psnr = float(metrics_mod.psnr_per_image(scenario.private, stage.images[order]).mean())
+            stages.append({"stage": stage.name, "distance": float(stage.distance), "psnr": psnr})
+        result["stages"] = stages
+    return result
+
+
+# -- the run -------------------------------------------------------------------------------------------
+def _prepare_out(cfg: dict[str, Any]) -> Path:
+    out = cfg.get("out")
+    if not out:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = f"runs/{cfg['attack']['name']}-{stamp}"
+        cfg["out"] = out
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not cfg.get("overwrite"):
+        raise ConfigError(f"output folder {path} exists and is not empty; choose another out= or set overwrite=true")
+    return path
+
+
+def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = None) -> RunResult:
+    """Execute one attack run from a resolved config (see `fedinvert.config.resolve_config`).
+
+    Input errors surface as `FedinvertError` before anything is written; the run folder appears only when
+    complete (written into a temporary sibling, then renamed).
+    """
+    cfg = json.loads(json.dumps(cfg))  # a private, plain copy
+    out = _prepare_out(cfg) if write else None
+    device = resolve_device(cfg.get("device", "auto"))
+    t0 = time.perf_counter()
+    scenario = build_scenario(cfg)
+    attack, attack_kwargs = build_attack(cfg, device=device)
+    cfg["attack"] = {"name": cfg["attack"]["name"], **attack_kwargs}
+    attack.check(scenario.observation, scenario.granted)
+    scenario_seconds = time.perf_counter() - t0
+
+    rng = generator(int(cfg["seed"]), "attack")
+    t1 = time.perf_counter()
+    rec = attack.reconstruct(scenario.observation, rng=rng, progress=bool(cfg.get("progress")))
+    wall = time.perf_counter() - t1
+    compile_seconds = float(rec.extras.get("compile_seconds", 0.0))
+    metrics = evaluate_run(scenario, rec)
+    metrics.update({"seconds": wall - compile_seconds, "compile_seconds": compile_seconds, "iterations": rec.iterations,
+                    "distance": rec.score})
+    run_info = {
+        "fedinvert": fedinvert.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "seed": cfg["seed"],
+        "threat": cfg["threat"],
+        "capabilities": sorted(c.value for c in scenario.granted),
+        "attack_requires": sorted(c.value for c in attack.requires),
+        "scenario": scenario.info,
+        "timings": {"scenario_seconds": scenario_seconds, "attack_seconds": wall, "compile_seconds": compile_seconds},
+        "interrupted": rec.interrupted,
+        "command": argv if argv is not None else sys.argv,
+    }
+    result = RunResult(config=cfg, metrics=metrics, reconstruction=rec, scenario=scenario, run_info=run_info)
+    if write and out is not None:
+        write_run_folder(out, result)
+        result.out = out
+    return result
+
+
+def write_run_folder(out: Path, result: RunResult) -> None:
+    """Write everything into a temporary sibling, then rename it to ``out`` (replacing it with overwrite)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_contents(tmp, result)
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_contents(folder: Path, result: RunResult) -> None:
+    rec, scenario, obs = result.reconstruction, result.scenario, result.scenario.observation
+    (folder / "config.yaml").write_text(yaml.safe_dump(result.config, sort_keys=False))
+    (folder / "run.json").write_text(json.dumps(result.run_info, indent=2, default=str))
+    (folder / "metrics.json").write_text(json.dumps(result.metrics, indent=2, allow_nan=False))
+    (folder / "history.json").write_text(json.dumps(rec.history, indent=1, default=float))
+    tensors = {"reconstruction": rec.images.contiguous()}
+    if rec.labels is not None:
+        tensors["reconstructed_labels"] = rec.labels.contiguous()
+    if scenario.private is not None:
+        tensors["private"] = scenario.private.contiguous()
+        tensors["labels"] = scenario.private_labels.contiguous()  # type: ignore[union-attr]
+    save_file(tensors, str(folder / "tensors.safetensors"))
+    save_observation(folder / "observation.safetensors", scenario, result.config)
+    order = result.metrics.get("order")
+    if scenario.private is not None and order is not None:
+        matched = rec.images[torch.as_tensor(order)]
+        save_grid(folder / "reconstruction.png", [scenario.private, matched], labels=["private", "reconstructed"])
+    else:
+        save_grid(folder / "reconstruction.png", [rec.images], labels=["reconstructed"])
+    if rec.stages:
+        rows = [s.images for s in rec.stages]
+        names = [f"{s.name} {s.distance:.3g}" for s in rec.stages]
+        if scenario.private is not None:
+            rows, names = [scenario.private, *rows], ["private", *names]
+        save_grid(folder / "stages.png", rows, labels=names)
+    if rec.history:
+        save_loss_plot(folder / "loss.png", rec.history, title=str(result.config["attack"]["name"]))
+
+
+__all__ = ["RunResult", "Scenario", "build_attack", "build_scenario", "evaluate_run", "run", "FedinvertError"]
