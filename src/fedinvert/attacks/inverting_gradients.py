@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -68,8 +70,10 @@ class PixelAttack(Attack):
         self.prune_ratio = float(prune_ratio)
         self.compile = compile
 
-    def regularizer(self, obs: Observation):
-        def reg(inputs: Tensor) -> Tensor:
+    def regularizer(self, obs: Observation) -> Callable[[Tensor, tuple[Tensor, ...]], Tensor]:
+        """The image prior added to the loss: ``tv``·TV + ``image_norm``·‖x‖ on the victim's input tensor."""
+
+        def reg(inputs: Tensor, variables: tuple[Tensor, ...] = ()) -> Tensor:
             total = inputs.new_zeros(())
             if self.tv:
                 total = total + self.tv * total_variation(inputs)

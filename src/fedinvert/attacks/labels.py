@@ -11,12 +11,14 @@ Methods (registry `LABEL_METHODS`):
   * ``row_min`` — unique labels: the B smallest row minima of ∇W (Yin et al. 2021, GradInversion).
   * ``count_aware`` — repeated labels: estimate the count of each class as ``B·(p̄_c − ∇b_c)`` (or the
     row-sum analogue without bias), with ``p̄`` the mean softmax of the model on dummy inputs; every class
-    with a negative entry gets at least one, the rest are filled by largest remainder.
+    with a negative entry gets at least one — and, since ``p̄_c > 0``, at least ``⌈−B·∇b_c⌉`` — the rest
+    are filled by largest remainder.
   * ``known`` — the labels the threat model grants.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -103,23 +105,48 @@ def dummy_statistics(obs: Observation, *, samples: int = 64, seed: int = 0) -> t
     return probs.mean(0).cpu(), features[0].flatten(1).sum(1).mean().cpu()
 
 
+def _delta_scale(obs: Observation, batch_size: int, signal: Tensor, p_bar: Tensor) -> Tensor:
+    """The factor α with −Δ ≈ α·(mean gradient) for a weight delta (FedAvg); count estimates need gradients.
+
+    With known local training, α = lr × local steps (the mean of equal-size mini-batch gradients over an epoch
+    is the full-batch gradient). Otherwise α is estimated from the negative entries: when every class in the
+    batch has a negative entry, ``Σ_{c: s_c < 0} |s_c| = α·(1 − Σ_{c: s_c < 0} p̄_c)``.
+    """
+    local = obs.local_training
+    if local is not None:
+        steps = local.epochs * math.ceil(batch_size / local.batch_size)
+        return torch.tensor(local.lr * steps)
+    negative = signal < 0
+    return signal[negative].abs().sum() / (1 - p_bar[negative].sum()).clamp(min=1e-3)
+
+
 @LABEL_METHODS.register("count_aware")
 def count_aware(obs: Observation, batch_size: int) -> Tensor:
-    """Repeated labels: estimated counts per class from the last layer's update (sorted labels)."""
+    """Repeated labels: estimated counts per class from the last layer's update (sorted labels).
+
+    With a bias, ``∇b_c = p̄_c − n_c/B`` exactly (``p̄`` the batch's mean softmax), so the counts are
+    ``B·(p̄_c − ∇b_c)`` with ``p̄`` estimated on random inputs. As ``p̄_c > 0``, a class needs at least
+    ``⌈−B·∇b_c⌉`` images: this exact lower bound fixes most errors of the estimate on peaked (sigmoid,
+    U(−0.5, 0.5)) victims. Without a bias the row sums, divided by the mean feature sum, stand in for ∇b.
+    """
     weight, bias = _last_layer(obs)
     num_classes = weight.shape[0]
     p_bar, s_bar = dummy_statistics(obs)
-    if bias is not None:
-        signal = bias.cpu()
-        estimate = batch_size * (p_bar - signal)
-    else:
-        # Σ_j ∇W_cj ≈ s̄ · (p̄_c − n_c / B)
-        signal = weight.sum(dim=1).cpu()
-        estimate = batch_size * (p_bar - signal / s_bar.clamp(min=1e-12))
+    # Σ_j ∇W_cj ≈ s̄ · (p̄_c − n_c / B) stands in for the bias when there is none
+    signal = bias.cpu() if bias is not None else weight.sum(dim=1).cpu() / s_bar.clamp(min=1e-12)
+    if obs.kind == "weight_delta":
+        signal = signal / _delta_scale(obs, batch_size, signal, p_bar)
+    estimate = batch_size * (p_bar - signal)
     counts = torch.zeros(num_classes, dtype=torch.long)
     present = torch.nonzero(signal < 0).flatten()
     present = present[torch.argsort(signal[present])][:batch_size]
     counts[present] = 1
+    if bias is not None:
+        # the tolerance keeps p̄_c ≈ 0 with an exact −B·∇b_c = n_c from rounding up to n_c + 1
+        lower = torch.ceil(-batch_size * signal - 1e-3).long()
+        counts[present] = torch.maximum(counts[present], lower[present])
+        while int(counts.sum()) > batch_size:  # only when α or p̄ was badly estimated
+            counts[int(torch.argmax(counts))] -= 1
     residual = (estimate - counts.float()).clamp(min=0)
     for _ in range(batch_size - int(counts.sum())):
         c = int(torch.argmax(residual))

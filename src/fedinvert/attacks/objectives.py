@@ -130,8 +130,11 @@ class GradientMatcher:
     """The gradient-matching objective of one observation, as a step usable by every attack.
 
     ``render(*variables) -> (inputs, labels)`` maps the attack's optimisation variables (dummy pixels, a GAN
-    latent, soft labels, ...) to the victim's normalised input and the labels for the loss. ``regularizer``
-    adds image terms to the loss (never to the distance used to pick the best result).
+    latent, soft labels, ...) to the victim's normalised input and the labels for the loss.
+    ``regularizer(inputs, variables)`` adds prior terms to the loss (never to the distance used to pick the
+    best result); it sees the rendered input and the tuple of one restart's variables, so a term on a latent,
+    or on a constant the attack passes as an extra variable (GradInversion's group consensus), needs no state
+    outside the pure objective. Gradients with respect to such a constant are returned and may be ignored.
 
     ``step(variables)`` takes every variable with a leading restart dimension R and returns
     ``(grads, loss[R], distance[R])``. In functional mode it runs ``vmap(grad_and_value(objective))`` over
@@ -148,7 +151,7 @@ class GradientMatcher:
         distance: str = "cosine",
         prune_ratio: float = 0.0,
         render: Callable[..., tuple[Tensor, Tensor]],
-        regularizer: Callable[[Tensor], Tensor] | None = None,
+        regularizer: Callable[[Tensor, tuple[Tensor, ...]], Tensor] | None = None,
         update_transform: Callable[[list[Tensor]], list[Tensor]] | None = None,
         functional: bool = False,
         compile: bool = False,
@@ -204,7 +207,7 @@ class GradientMatcher:
     def _objective(self, variables: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         inputs, labels = self.render(*variables)
         dist = self.distance_fn(self.parameter_gradient(inputs, labels), self.target)
-        loss = dist if self.regularizer is None else dist + self.regularizer(inputs)
+        loss = dist if self.regularizer is None else dist + self.regularizer(inputs, variables)
         return loss, dist
 
     # -- the step ------------------------------------------------------------------------------------

@@ -48,13 +48,15 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from fedinvert.errors import ConfigError
+from fedinvert.priors.checkpoint import load_strict, read_state_dict
 
 ProjectionKind = Literal["sphere", "l1", "none", "fixed"]
 Variables = dict[str, Tensor]
@@ -272,6 +274,28 @@ class Prior(nn.Module, abc.ABC):
         return self.eval()
 
     # -- helpers for subclasses -------------------------------------------------------------------
+    def _load_or_init(
+        self, path: Path | None, *, what: str, containers: Sequence[str], init_seed: int = 0
+    ) -> None:
+        """Load the state dict at ``path`` with strict keys, or for None fill random weights; then freeze.
+
+        Args:
+            path: the weights file (see `read_state_dict`), or None for `_random_init` under ``init_seed``.
+            what: the architecture and its configuration, for mismatch messages.
+            containers: keys under which the file may nest the state dict.
+        """
+        if path is None:
+            with seeded_init(init_seed):
+                self._random_init()
+        else:
+            state = read_state_dict(path, what=f"{self.name} weights", containers=containers)
+            load_strict(self, state, what=what, source=str(path))
+        self.freeze()
+
+    def _random_init(self) -> None:
+        """Fill the weights with random values (tests and architecture work); not every prior offers it."""
+        raise ConfigError(f"{self.name} has no random initialisation; give it weights")
+
     def _standard_normal(self, shape: tuple[int, ...], *, generator: torch.Generator | None) -> Tensor:
         if shape[0] < 1:
             raise ConfigError(f"number of latents must be at least 1, got {shape[0]}")

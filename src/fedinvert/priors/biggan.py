@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedinvert.errors import ConfigError, DataNotFoundError
-from fedinvert.priors.base import FEATURE, Prior, ProjectionKind, Variables, seeded_init
-from fedinvert.priors.checkpoint import PathLike, load_strict, read_state_dict
+from fedinvert.priors.base import FEATURE, Prior, ProjectionKind, Variables
+from fedinvert.priors.checkpoint import PathLike
 
 #: Channel multipliers (of ``ch``) at 4, 8, 16, ... px for the public BigGAN-deep models.
 _WIDTHS = {128: (16, 16, 8, 4, 2, 1), 256: (16, 16, 8, 8, 4, 2, 1), 512: (16, 16, 8, 8, 4, 2, 1, 1)}
@@ -302,16 +302,10 @@ class BigGANDeep(Prior):
             resolution=resolution, ch=channel_width, z_dim=z_dim, n_stats=n_stats, eps=eps
         )
         what = f"biggan (resolution {resolution}, channel_width {channel_width}, z_dim {z_dim}, {num_classes} classes)"
-        if weights is None:
-            with seeded_init(init_seed):
-                self._random_init()
-        else:
-            path = Path(weights)
-            if path.is_dir():
-                path = path / _CHECKPOINT_NAME
-            state = read_state_dict(path, what="biggan weights", containers=("state_dict",))
-            load_strict(self, state, what=what, source=str(path))
-        self.freeze()
+        path = None if weights is None else Path(weights)
+        if path is not None and path.is_dir():
+            path = path / _CHECKPOINT_NAME
+        self._load_or_init(path, what=what, containers=("state_dict",), init_seed=init_seed)
 
     @torch.no_grad()
     def _random_init(self) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from fedinvert.errors import DataNotFoundError
 from fedinvert.priors.base import FEATURE, Prior, Variables
-from fedinvert.priors.checkpoint import PathLike, load_strict, read_state_dict
+from fedinvert.priors.checkpoint import PathLike
 
 WHEEL = "gan-face-generate==1.1.1"
 _PACKAGE = "gan_face_generate"
@@ -69,27 +69,20 @@ class FaceDCGAN(Prior):
             latent_shape=(100,),
             native_shape=(3, 64, 64),
         )
-        # Indices of `main` match the tutorial's nn.Sequential, hence the wheel's keys (main.0.weight, ...).
-        self.main = nn.Sequential(
-            nn.ConvTranspose2d(100, 512, 4, 1, 0, bias=False),
-            nn.BatchNorm2d(512),
-            nn.ReLU(inplace=False),
-            nn.ConvTranspose2d(512, 256, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(256),
-            nn.ReLU(inplace=False),
-            nn.ConvTranspose2d(256, 128, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(128),
-            nn.ReLU(inplace=False),
-            nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=False),
-            nn.ConvTranspose2d(64, 3, 4, 2, 1, bias=False),
-            nn.Tanh(),
-        )
+        # Same layer order as the tutorial's nn.Sequential, hence the wheel's keys: block j is main.3j (transposed
+        # conv), main.3j+1 (BatchNorm), main.3j+2 (ReLU); main.12 and main.13 are the output conv and tanh.
+        layers: list[nn.Module] = []
+        for cin, cout in zip((100, *widths[:-1]), widths, strict=True):
+            stride, padding = (1, 0) if cin == 100 else (2, 1)
+            layers += [
+                nn.ConvTranspose2d(cin, cout, 4, stride, padding, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            ]
+        layers += [nn.ConvTranspose2d(widths[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
         path = Path(weights) if weights is not None else wheel_weights_path()
-        state = read_state_dict(path, what="face-dcgan weights", containers=("netG_state_dict",))
-        load_strict(self, state, what="face-dcgan", source=str(path))
-        self.freeze()
+        self._load_or_init(path, what="face-dcgan", containers=("netG_state_dict",))
 
     def advance(self, k: int, variables: Mapping[str, Tensor], cond: Tensor | None) -> Variables:
         """Block k: ConvTranspose -> BatchNorm -> ReLU (block 0 reads z as a 100x1x1 map)."""

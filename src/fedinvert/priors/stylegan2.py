@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedinvert.errors import ConfigError, DataNotFoundError
-from fedinvert.priors.base import FEATURE, Prior, ProjectionKind, Variables, seeded_init
-from fedinvert.priors.checkpoint import PathLike, load_strict, read_state_dict
+from fedinvert.priors.base import FEATURE, Prior, ProjectionKind, Variables
+from fedinvert.priors.checkpoint import PathLike
 
 _BLUR = (1.0, 3.0, 3.0, 1.0)
 _SQRT2 = math.sqrt(2.0)
@@ -321,14 +321,8 @@ class StyleGAN2(Prior):
             self.noises.register_buffer(f"noise_{i}", torch.zeros(1, 1, side, side))
 
         what = f"stylegan2 (size {size}, style_dim {style_dim}, n_mlp {n_mlp}, channel_multiplier {channel_multiplier})"
-        if weights is None:
-            with seeded_init(init_seed):
-                self._random_init()
-        else:
-            path = Path(weights)
-            state = read_state_dict(path, what="stylegan2 weights", containers=("g_ema", "state_dict"))
-            load_strict(self, state, what=what, source=str(path))
-        self.freeze()
+        path = None if weights is None else Path(weights)
+        self._load_or_init(path, what=what, containers=("g_ema", "state_dict"), init_seed=init_seed)
 
     @torch.no_grad()
     def _random_init(self) -> None:
