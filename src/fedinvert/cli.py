@@ -21,6 +21,7 @@ DEMO_ARGS = [
     "image_size=32",
     "batch_size=1",
     "attack.iterations=100",
+    "attack.compile=false",
     "seed=0",
 ]
 

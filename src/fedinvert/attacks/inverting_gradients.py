@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -12,6 +12,8 @@ from fedinvert.attacks.labels import infer_labels
 from fedinvert.attacks.objectives import GradientMatcher, image_norm, resolve_compile, total_variation
 from fedinvert.errors import ConfigError
 from fedinvert.observation import Observation, Reconstruction
+
+StepFunction = Callable[[Sequence[Tensor]], tuple[tuple[Tensor, ...], Tensor, Tensor]]
 
 
 def random_inputs(obs: Observation, shape: tuple[int, ...], rng: torch.Generator | None, device: torch.device) -> Tensor:
@@ -89,12 +91,17 @@ class PixelAttack(Attack):
             obs,
             distance=self.distance,
             prune_ratio=self.prune_ratio,
-            render=lambda x: (x, labels),
+            # extra variables (GradInversion's group consensus) are for the regulariser only
+            render=lambda x, *_extra: (x, labels),
             regularizer=self.regularizer(obs),
             functional=compiled,
             compile=compiled,
             device=self.device,
         )
+
+    def make_step(self, matcher: GradientMatcher, x0: Tensor) -> StepFunction:
+        """The per-iteration step `optimize` calls; subclasses wrap ``matcher.step`` to add state (x0: start)."""
+        return matcher.step
 
     def reconstruct(
         self, obs: Observation, *, rng: torch.Generator | None = None, progress: bool = False
@@ -104,7 +111,7 @@ class PixelAttack(Attack):
         matcher = self.make_matcher(obs, labels)
         x0 = random_inputs(obs, (self.restarts, size, *obs.image_shape), rng, self.device)
         result = optimize(
-            matcher.step,
+            self.make_step(matcher, x0),
             [x0],
             iterations=self.iterations,
             lr=self.lr,

@@ -115,7 +115,7 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return -(F.softmax(target, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
-def resolve_compile(setting: bool | str, *, steps: int, threshold: int = 1000) -> bool:
+def resolve_compile(setting: bool | str, *, steps: int, threshold: int = 2000) -> bool:
     """``attack.compile``: ``true`` forces, ``false`` stays eager, ``auto`` compiles runs of ≥ threshold steps."""
     if isinstance(setting, bool):
         return setting
@@ -164,10 +164,15 @@ class GradientMatcher:
         if model.training:
             # Batch statistics without touching running buffers: what the client computed, and vmap-safe.
             torch.func.replace_all_batch_norm_modules_(model)
+        elif functional:
+            # eval-mode BatchNorm has no vmap batching rule (a slow per-sample fallback); its affine form does
+            _affine_batch_norm_(model)
         self.model = model
         self.names = obs.parameter_names
         named = dict(model.named_parameters())
         self.params = {n: named[n].detach() for n in self.names}
+        # eager mode differentiates w.r.t. these leaves; created once, not per step
+        self._leaf_params = {n: p.clone().requires_grad_(True) for n, p in self.params.items()}
         self.frozen = {n: p.detach() for n, p in named.items() if n not in self.params}
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
         self.target = [t.detach().to(self.device, torch.float32) for t in obs.update_list()]
@@ -181,8 +186,10 @@ class GradientMatcher:
         self.evaluations = 0
         self._step_fn: Callable[..., Any] | None = None
         if functional:
-            fn = torch.func.vmap(torch.func.grad_and_value(self._objective, argnums=0, has_aux=True))
-            self._step_fn = torch.compile(fn, dynamic=False) if compile else fn
+            fn = torch.func.grad_and_value(self._objective, argnums=0, has_aux=True)
+            self._single_fn = torch.compile(fn, dynamic=False) if compile else fn
+            batched = torch.func.vmap(fn)
+            self._step_fn = torch.compile(batched, dynamic=False) if compile else batched
             self.compiled = compile
         self._first_call = True
 
@@ -197,7 +204,7 @@ class GradientMatcher:
             grads = torch.func.grad(self._loss)(self.params, inputs, labels)
             out = [grads[n] for n in self.names]
         else:
-            params = {n: p.clone().requires_grad_(True) for n, p in self.params.items()}
+            params = self._leaf_params
             loss = self._loss(params, inputs, labels)
             out = list(torch.autograd.grad(loss, [params[n] for n in self.names], create_graph=create_graph))
         if self.update_transform is not None:
@@ -218,7 +225,11 @@ class GradientMatcher:
         self.evaluations += restarts
         if self._step_fn is not None:
             start = time.perf_counter()
-            grads, (loss, dist) = self._step_fn(variables)
+            if restarts == 1:  # one chain: no vmap needed
+                grads, (loss, dist) = self._single_fn(tuple(v[0] for v in variables))
+                grads, loss, dist = tuple(g.unsqueeze(0) for g in grads), loss.unsqueeze(0), dist.unsqueeze(0)
+            else:
+                grads, (loss, dist) = self._step_fn(variables)
             if self._first_call and self.compiled:
                 self.compile_seconds = time.perf_counter() - start
             self._first_call = False
@@ -245,6 +256,43 @@ class GradientMatcher:
                 self.functional = saved
         self.evaluations += 1
         return float(self.distance_fn([g.detach() for g in grads], self.target))
+
+
+class _AffineBatchNorm(nn.Module):
+    """Eval-mode BatchNorm written as an affine map, with the same parameter and buffer names.
+
+    Numerically the same as `nn.BatchNorm*d` in eval mode, but with plain ops that `vmap` batches natively.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.eps = bn.eps
+        if bn.affine:
+            self.weight = bn.weight
+            self.bias = bn.bias
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", bn.running_mean)
+        self.register_buffer("running_var", bn.running_var)
+        self.register_buffer("num_batches_tracked", bn.num_batches_tracked)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        scale = torch.rsqrt(self.running_var + self.eps)
+        out = (x - self.running_mean.view(shape)) * scale.view(shape)
+        if self.weight is not None:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def _affine_batch_norm_(model: nn.Module) -> None:
+    """Replace every eval-mode BatchNorm with running statistics by `_AffineBatchNorm`, in place."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and child.track_running_stats:
+            setattr(model, name, _AffineBatchNorm(child))
+        else:
+            _affine_batch_norm_(child)
 
 
 def model_device(model: nn.Module) -> torch.device:
