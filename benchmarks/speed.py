@@ -38,7 +38,7 @@ def bare_loop(model, target, labels, shape, *, iterations: int, tv: float = 1e-4
         opt.zero_grad()
         loss = F.cross_entropy(model(x), labels)
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        dot = sum((g * t).sum() for g, t in zip(grads, target))
+        dot = sum((g * t).sum() for g, t in zip(grads, target, strict=True))
         gnorm = torch.sqrt(sum((g * g).sum() for g in grads))
         rec = 1 - dot / (gnorm * tnorm) + tv * total_variation(x)
         (gx,) = torch.autograd.grad(rec, [x])

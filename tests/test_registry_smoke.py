@@ -63,7 +63,7 @@ def test_every_dataset_loads_a_batch(name, tmp_path):
     except DataNotFoundError as err:
         pytest.skip(str(err))
     assert batch.images.shape[0] == 2 and batch.images.shape[-1] == 16
-    assert 0 <= float(batch.images.min()) and float(batch.images.max()) <= 1
+    assert float(batch.images.min()) >= 0 and float(batch.images.max()) <= 1
 
 
 @pytest.mark.parametrize("name", METRICS.names())

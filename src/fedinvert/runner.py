@@ -353,7 +353,7 @@ def write_run_folder(out: Path, result: RunResult) -> None:
 
 
 def _write_contents(folder: Path, result: RunResult) -> None:
-    rec, scenario, obs = result.reconstruction, result.scenario, result.scenario.observation
+    rec, scenario = result.reconstruction, result.scenario
     (folder / "config.yaml").write_text(yaml.safe_dump(result.config, sort_keys=False))
     (folder / "run.json").write_text(json.dumps(result.run_info, indent=2, default=str))
     (folder / "metrics.json").write_text(json.dumps(result.metrics, indent=2, allow_nan=False))

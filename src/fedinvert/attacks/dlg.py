@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -86,45 +88,23 @@ class DLG(Attack):
         interrupted = False
         start = time.perf_counter()
         bar = tqdm(total=self.iterations * self.restarts, desc=type(self).__name__, disable=not progress, leave=False)
-        try:
-            for restart in range(self.restarts):
-                x = torch.randn((1, size, *obs.image_shape), generator=rng).to(self.device).requires_grad_(True)
-                variables = [x]
-                if known is None:
-                    y = torch.randn((1, size, obs.num_classes), generator=rng).to(self.device).requires_grad_(True)
-                    variables.append(y)
-                optimizer = torch.optim.LBFGS(
-                    variables, lr=self.lr, line_search_fn=self.line_search, max_eval=self.max_eval
-                )
-                last: dict[str, Tensor] = {}
-
-                def closure() -> Tensor:
-                    optimizer.zero_grad()
-                    grads, loss, dist = matcher.step(variables)
-                    for v, g in zip(variables, grads, strict=True):
-                        v.grad = g
-                    last["distance"] = dist
-                    return loss.sum()
-
-                for it in range(self.iterations):
-                    optimizer.step(closure)
-                    bar.update(1)
-                    if (it + 1) % self.log_every == 0 or it + 1 == self.iterations:
-                        d = float(last["distance"].min())
-                        history.append(
-                            {"restart": restart, "step": it + 1, "distance": d, "seconds": time.perf_counter() - start}
-                        )
-                        if not torch.isfinite(torch.tensor(d)):
-                            log.warning("DLG diverged (non-finite distance) in restart %d", restart)
-                            break
-                best_images, best_labels, best_distance = self._keep_best(
-                    obs, matcher, variables, known, best_images, best_labels, best_distance
-                )
-        except KeyboardInterrupt:
-            interrupted = True
-            log.warning("interrupted; returning the best result so far")
-        finally:
-            bar.close()
+        for restart in range(self.restarts):
+            x = torch.randn((1, size, *obs.image_shape), generator=rng).to(self.device).requires_grad_(True)
+            variables = [x]
+            if known is None:
+                y = torch.randn((1, size, obs.num_classes), generator=rng).to(self.device).requires_grad_(True)
+                variables.append(y)
+            try:
+                self._run_restart(matcher, variables, restart, history, bar, start)
+            except KeyboardInterrupt:
+                interrupted = True
+                log.warning("interrupted; returning the best result so far")
+            best_images, best_labels, best_distance = self._keep_best(
+                obs, matcher, variables, known, best_images, best_labels, best_distance
+            )
+            if interrupted:
+                break
+        bar.close()
         if best_images is None:
             best_images = torch.rand((size, *obs.image_shape))
         return Reconstruction(
@@ -136,6 +116,37 @@ class DLG(Attack):
             interrupted=interrupted,
             extras={"compile_seconds": matcher.compile_seconds},
         )
+
+    def _run_restart(
+        self,
+        matcher: GradientMatcher,
+        variables: list[Tensor],
+        restart: int,
+        history: list[dict],
+        bar: Any,
+        start: float,
+    ) -> None:
+        """L-BFGS on one restart's variables, in place; logs the distance every ``log_every`` steps."""
+        optimizer = torch.optim.LBFGS(variables, lr=self.lr, line_search_fn=self.line_search, max_eval=self.max_eval)
+        last: dict[str, Tensor] = {}
+
+        def closure() -> Tensor:
+            optimizer.zero_grad()
+            grads, loss, dist = matcher.step(variables)
+            for v, g in zip(variables, grads, strict=True):
+                v.grad = g
+            last["distance"] = dist
+            return loss.sum()
+
+        for it in range(self.iterations):
+            optimizer.step(closure)
+            bar.update(1)
+            if (it + 1) % self.log_every == 0 or it + 1 == self.iterations:
+                d = float(last["distance"].min())
+                history.append({"restart": restart, "step": it + 1, "distance": d, "seconds": time.perf_counter() - start})
+                if not math.isfinite(d):
+                    log.warning("DLG diverged (non-finite distance) in restart %d", restart)
+                    return
 
     def _keep_best(
         self,
