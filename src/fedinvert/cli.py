@@ -1,4 +1,4 @@
-"""The `fedinvert` command line: attack, demo, list.
+"""The `fedinvert` command line: attack, demo, list, train-prior.
 
 Input errors print one line (``error: ...``) and exit with code 2; no traceback, nothing half-written.
 """
@@ -105,6 +105,52 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_prior(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedinvert.priors.training import TrainSettings, export_generator, train_prior
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise FedinvertError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    command = ["fedinvert", *args.argv]
+    out = Path(args.out)
+    if args.export_only:
+        target = export_generator(
+            checkpoint=out,
+            export_dir=args.export_to or out,
+            command=command,
+            note=args.note,
+            standing_samples=args.standing_samples,
+        )
+        print(f"exported the EMA generator to {target} (+ {target.with_suffix('.json').name})")
+        return 0
+    if args.steps is None and args.epochs is None:
+        args.epochs = 20.0
+    settings = TrainSettings(seed=args.seed, batch_size=args.batch_size)
+    result = train_prior(
+        out=out,
+        steps=args.steps,
+        epochs=args.epochs,
+        settings=settings,
+        sample_every=args.sample_every,
+        checkpoint_every=args.checkpoint_every,
+        resume=True if args.resume else None,
+        command=command,
+        progress=not args.no_progress,
+        export_dir=args.export_to,
+        standing_samples=args.standing_samples,
+    )
+    rate = result.train_seconds / max(result.step, 1)
+    state = "interrupted; checkpoint saved, rerun the same command to resume" if result.interrupted else "done"
+    print(
+        f"{state}: step {result.step}/{result.total_steps} ({result.epochs:.2f} epochs),"
+        f" {result.train_seconds:.0f} s training, {rate:.2f} s/step; checkpoint {result.checkpoint}"
+    )
+    return 130 if result.interrupted else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedinvert", description="Measure how much private image data leaks from federated-learning updates."
@@ -121,12 +167,37 @@ def build_parser() -> argparse.ArgumentParser:
     lister = sub.add_parser("list", help="list registered attacks, models, datasets, priors, defences, metrics")
     lister.add_argument("kind", nargs="?")
     lister.set_defaults(func=cmd_list)
+    train = sub.add_parser(
+        "train-prior",
+        help="train the class-conditional `fashion` prior on Fashion-MNIST (resumes from --out), or export it",
+    )
+    train.add_argument("--out", required=True, help="checkpoint folder (resumed automatically if it holds one)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="total steps, counting steps already done")
+    length.add_argument("--epochs", type=float, help="total passes over the train split (default 20)")
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--sample-every", type=int, default=500, help="steps between sample grids (0: only at the end)")
+    train.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    train.add_argument("--resume", action="store_true", help="require a checkpoint in --out to resume")
+    train.add_argument("--export-to", help="folder for fashion.safetensors + fashion.json (default: --out)")
+    train.add_argument(
+        "--export-only", action="store_true", help="export the checkpoint's EMA generator now, without training"
+    )
+    train.add_argument("--note", help="a remark stored in the exported JSON (with --export-only)")
+    train.add_argument(
+        "--standing-samples", type=int, default=1000, help="own samples for the exported batch-norm statistics"
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train_prior)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args))

@@ -13,7 +13,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +31,17 @@ from fedinvert.attacks.base import resolve_device
 from fedinvert.config import resolve_keywords
 from fedinvert.data import default_normalization, load_batch
 from fedinvert.data.base import DATASETS
+from fedinvert.defenses import build_defenses, client_count, federated_round
 from fedinvert.errors import CheckpointError, ConfigError, FedinvertError
-from fedinvert.fl import FedSGDClient
+from fedinvert.fl import GUESSED_LOCAL_TRAINING, FedAvgClient, FedSGDClient, split_clients
 from fedinvert.models import build_model
-from fedinvert.observation import Capability, Observation, Reconstruction
+from fedinvert.observation import Capability, DefenseSpec, LocalTraining, Observation, Reconstruction
 from fedinvert.report import save_grid, save_loss_plot
-from fedinvert.seeding import generator
+from fedinvert.seeding import generator, stream_seed
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = {"fedsgd": FedSGDClient}
+PROTOCOLS: dict[str, type[FedSGDClient] | type[FedAvgClient]] = {"fedsgd": FedSGDClient, "fedavg": FedAvgClient}
 
 
 @dataclass
@@ -72,7 +73,13 @@ def _group_kwargs(cfg: dict[str, Any], group: str, factory: Any, *, exclude: tup
 
 
 def build_scenario(cfg: dict[str, Any]) -> Scenario:
-    """Data → victim → protocol → (defences) → Observation, following the config and threat model."""
+    """Data → victim → protocol → defences → Observation, following the config and threat model.
+
+    With ``secure_aggregation`` among the defences, ``batch_size`` is each client's B: K·B images with distinct
+    indices are drawn, client k trains on the k-th B, and the private batch kept for evaluation (and the
+    observation's batch size) is all K·B. A FedAvg client without ``protocol.shuffle_seed`` shuffles with a
+    seed from the run's ``client`` stream; defence noise draws from the ``defense`` stream.
+    """
     if cfg.get("observation"):
         return load_observation(cfg["observation"], cfg)
     seed = int(cfg["seed"])
@@ -92,9 +99,17 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
     extra = sorted(set(ds_cfg) - known)
     if extra:
         raise ConfigError(f"unknown key dataset.{extra[0]}; valid keys: indices, {', '.join(sorted(known))}")
+    defenses = build_defenses(dict(cfg.get("defense") or {}))
+    clients = client_count(defenses)
+    total = batch_size * clients
+    if clients > 1 and indices is not None and len(indices) != total:
+        raise ConfigError(
+            f"dataset.indices must hold batch_size × defense.secure_aggregation.clients = {batch_size} × {clients}"
+            f" = {total} indices (one batch per client), got {len(indices)}"
+        )
     batch = load_batch(
         ds_name,
-        batch_size=batch_size,
+        batch_size=total,
         indices=indices,
         split=ds_cfg.get("split"),
         image_size=image_size,
@@ -120,29 +135,51 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
     if proto_name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol '{proto_name}'; known: {', '.join(sorted(PROTOCOLS))}")
     client_cls = PROTOCOLS[proto_name]
-    client = client_cls(**resolve_keywords("protocol", proto_name, client_cls, proto_cfg))
+    proto_kwargs = resolve_keywords("protocol", proto_name, client_cls, proto_cfg)
+    if "shuffle_seed" in proto_kwargs and proto_kwargs["shuffle_seed"] is None:
+        proto_kwargs["shuffle_seed"] = stream_seed(seed, "client") % 2**31
+    client = client_cls(**proto_kwargs)
     mean = torch.tensor(normalization[0]).view(1, -1, 1, 1)
     std = torch.tensor(normalization[1]).view(1, -1, 1, 1)
     inputs = (images - mean) / std
-    update = client.update(model, inputs, labels)
+    result = federated_round(
+        client=client,
+        model=model,
+        batches=split_clients(inputs, labels, clients),
+        defenses=defenses,
+        rng=generator(seed, "defense"),
+    )
 
-    if cfg.get("defense"):
-        raise ConfigError(
-            f"unknown defense '{next(iter(cfg['defense']))}'; no defences are registered in this version"
-        )
     threat = cfg["threat"]
+    local: LocalTraining | None = None
+    if isinstance(client, FedAvgClient):
+        local = {"known": client.local_training(), "guessed": GUESSED_LOCAL_TRAINING, "unknown": None}[
+            threat["local_hparams"]
+        ]
+    specs = tuple(d.spec() for d in defenses)
     obs = Observation(
         model=model,
-        update=update,
+        update=result.update,
         kind=client.kind,  # type: ignore[arg-type]
         image_shape=(channels, height, width),
         num_classes=num_classes,
         normalization=normalization,
-        batch_size=batch_size if threat["batch_size"] == "known" else None,
+        batch_size=total if threat["batch_size"] == "known" else None,
         labels=labels.clone() if threat["labels"] == "known" else None,
+        local_training=local,
+        defenses=specs if threat["defenses"] == "known" else (),
     )
     granted = {Capability.PRIOR} if cfg.get("prior") else set()
-    info = {"dataset": ds_name, "indices": batch.indices, "split": batch.split, "model": model_name}
+    info: dict[str, Any] = {
+        "dataset": ds_name,
+        "indices": batch.indices,
+        "split": batch.split,
+        "model": model_name,
+        "protocol": {"name": proto_name, **proto_kwargs},
+        "defenses": [{"name": s.name, "params": s.params} for s in specs],
+        "clients": clients,
+        **result.info,
+    }
     return Scenario(observation=obs, private=images, private_labels=labels, granted=frozenset(granted), info=info)
 
 
@@ -163,6 +200,8 @@ def save_observation(path: Path, scenario: Scenario, cfg: dict[str, Any]) -> Non
         "normalization": [list(obs.normalization[0]), list(obs.normalization[1])],
         "batch_size": obs.batch_size,
         "loss": obs.loss,
+        "local_training": asdict(obs.local_training) if obs.local_training is not None else None,
+        "defenses": [{"name": d.name, "params": d.params} for d in obs.defenses],
     }
     save_file(tensors, str(path), metadata={"fedinvert": json.dumps(meta)})
 
@@ -204,6 +243,8 @@ def load_observation(path: str | Path, cfg: dict[str, Any]) -> Scenario:
         batch_size=meta["batch_size"],
         labels=tensors.get("labels"),
         loss=meta.get("loss", "cross_entropy"),
+        local_training=LocalTraining(**meta["local_training"]) if meta.get("local_training") else None,
+        defenses=tuple(DefenseSpec(name=d["name"], params=d["params"]) for d in meta.get("defenses", [])),
     )
     private = private_labels = None
     private_file = path.parent / "tensors.safetensors"
@@ -296,6 +337,9 @@ def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = Non
     device = resolve_device(cfg.get("device", "auto"))
     t0 = time.perf_counter()
     scenario = build_scenario(cfg)
+    if "protocol" in scenario.info:  # record the resolved client and defences (the derived shuffle seed too)
+        cfg["protocol"] = dict(scenario.info["protocol"])
+        cfg["defense"] = {d["name"]: dict(d["params"]) for d in scenario.info["defenses"]}
     attack, attack_kwargs = build_attack(cfg, device=device)
     cfg["attack"] = {"name": cfg["attack"]["name"], **attack_kwargs}
     attack.check(scenario.observation, scenario.granted)

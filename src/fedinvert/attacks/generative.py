@@ -23,6 +23,7 @@ and restarts stay independent chains; the ℓ1 ball on ``h − h_start`` is the 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,15 @@ from torch import Tensor, nn
 
 from fedinvert.attacks.base import Attack, batch_size_of, get_schedule, optimize
 from fedinvert.attacks.labels import LABEL_METHODS, infer_labels
-from fedinvert.attacks.objectives import DISTANCES, GradientMatcher, image_norm, resolve_compile, total_variation
+from fedinvert.attacks.objectives import (
+    DISTANCES,
+    FEDAVG_MODES,
+    GradientMatcher,
+    _affine_batch_norm_,
+    image_norm,
+    resolve_compile,
+    total_variation,
+)
 from fedinvert.attacks.projections import project_l1_ball, project_l1_ball_around
 from fedinvert.errors import ConfigError, MissingCapabilityError
 from fedinvert.observation import Capability, Observation
@@ -192,6 +201,9 @@ class GenerativeAttack(Attack):
             ``masked_cosine`` with ``prune_ratio``).
         prune_ratio: for ``masked_cosine``, the fraction of smallest observed entries ignored, in [0, 1).
         labels: label inference method: ``auto``, ``known`` or a name in ``LABEL_METHODS``.
+        adaptive: replay the declared defences' deterministic transforms on the dummy update (`GradientMatcher`).
+        fedavg: for FedAvg weight deltas, ``strong`` (unroll the known local training), ``weak`` (the survey's
+            guess) or ``none`` (treat −Δ/η as one gradient); see `GradientMatcher`.
         compile: ``auto``, ``true`` or ``false``: run the step as a vmapped, compiled pure function
             (``false``: eager autograd, one restart after another).
         device: ``auto``, ``cpu``, ``cuda``, ...
@@ -214,6 +226,8 @@ class GenerativeAttack(Attack):
         distance: str,
         prune_ratio: float,
         labels: str,
+        adaptive: bool,
+        fedavg: str,
         compile: bool | str,
         device: str | torch.device,
         log_every: int,
@@ -236,9 +250,29 @@ class GenerativeAttack(Attack):
         if self.prune_ratio >= 1:
             raise ConfigError(f"attack.prune_ratio must lie in [0, 1), got {prune_ratio}")
         self.labels = check_choice("labels", labels, ["auto", "known", *LABEL_METHODS.names()])
+        if not isinstance(adaptive, bool):
+            raise ConfigError(f"attack.adaptive must be true or false, got {adaptive!r}")
+        self.adaptive = adaptive
+        self.fedavg = check_choice("fedavg", fedavg, FEDAVG_MODES)
         if not isinstance(compile, bool):
             check_choice("compile", compile, ["auto", "true", "false"])
         self.compile = compile
+        self._vmap_prior: Prior | None = None
+
+    def functional(self, steps: int) -> bool:
+        """Whether a search of ``steps`` × restarts runs the vmapped, compiled step (per ``compile``)."""
+        return resolve_compile(self.compile, steps=steps * self.restarts)
+
+    def generator(self, functional: bool) -> Prior:
+        """The prior to call inside a step: in functional (vmapped) mode a copy whose eval-mode BatchNorm
+        layers are written as affine maps — same numbers, but vmap batches them natively instead of looping
+        over samples (no batching rule for eval-mode batch norm)."""
+        if not functional or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.prior.modules()):
+            return self.prior
+        if self._vmap_prior is None:
+            self._vmap_prior = copy.deepcopy(self.prior)
+            _affine_batch_norm_(self._vmap_prior)
+        return self._vmap_prior
 
     # -- labels and conditioning ---------------------------------------------------------------------
     def generator_labels(self, obs: Observation, labels: Tensor) -> Tensor:
@@ -284,17 +318,20 @@ class GenerativeAttack(Attack):
         *,
         steps: int,
         regularizer: Regularizer | None,
-        functional: bool | None = None,
+        functional: bool = False,
     ) -> GradientMatcher:
-        """The gradient matcher of one search; compiled per ``compile`` for a run of ``steps`` × restarts."""
-        compiled = resolve_compile(self.compile, steps=steps * self.restarts)
+        """The gradient matcher of one search of ``steps`` × restarts: vmapped and compiled per ``compile``;
+        ``functional=True`` asks for the vmappable pure form even when it is not compiled."""
+        compiled = self.functional(steps)
         return GradientMatcher(
             obs,
             distance=self.distance,
             prune_ratio=self.prune_ratio,
             render=render,
             regularizer=regularizer,
-            functional=compiled if functional is None else functional or compiled,
+            adaptive=self.adaptive,
+            fedavg=self.fedavg,
+            functional=functional or compiled,
             compile=compiled,
             device=self.device,
         )
@@ -384,8 +421,10 @@ class GenerativeAttack(Attack):
                 variables[name] = next(rest)
             return variables
 
+        generator = self.generator(self.functional(steps))
+
         def render(*values: Tensor) -> tuple[Tensor, Tensor]:
-            images = self.prior.render(k, assemble(values), setup.cond)
+            images = generator.render(k, assemble(values), setup.cond)
             return self.victim_inputs(obs, images), setup.labels
 
         def project(current: list[Tensor]) -> None:

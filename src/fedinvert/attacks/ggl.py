@@ -82,7 +82,7 @@ class GGL(GenerativeAttack):
         kld: weight of the latent KL term (GGL: 0.1 for BigGAN, 0 for StyleGAN2).
         distance: gradient distance (GGL: ``l2``; ``cosine`` works as well).
         tv, image_norm: image terms on the victim's input (GGL: off).
-        labels, prune_ratio, compile, device, log_every: as in `GenerativeAttack`. With CMA, ``compile``
+        labels, prune_ratio, adaptive, fedavg, compile, device, log_every: as in `GenerativeAttack`. With CMA, ``compile``
             only decides whether candidates are scored by a compiled function.
 
     Raises:
@@ -106,6 +106,8 @@ class GGL(GenerativeAttack):
         image_norm: float = 0.0,
         prune_ratio: float = 0.0,
         labels: str = "auto",
+        adaptive: bool = False,
+        fedavg: str = "strong",
         compile: bool | str = "auto",
         device: str | torch.device = "auto",
         log_every: int = 50,
@@ -118,6 +120,8 @@ class GGL(GenerativeAttack):
             distance=distance,
             prune_ratio=prune_ratio,
             labels=labels,
+            adaptive=adaptive,
+            fedavg=fedavg,
             compile=compile,
             device=device,
             log_every=log_every,
@@ -251,7 +255,7 @@ class GGL(GenerativeAttack):
 
     def _scorer(self, obs: Observation, setup: Setup) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
         """A function: candidate latents (N, B, ...) -> (pure distance (N,), loss (N,)), vmapped over N."""
-        prior = self.prior
+        prior = self.generator(True)
         image_terms = image_regularizer(tv=self.tv, norm=self.image_norm)
 
         def render(latent: Tensor) -> tuple[Tensor, Tensor]:

@@ -58,7 +58,8 @@ class GIAS(GenerativeAttack):
         lr: latent learning rate (0.03).
         finetune_lr: generator learning rate (1e-3 for StyleGAN2-size and small priors; GIFD's BigGAN runs use 1e-5).
         schedule: learning-rate schedule of both phases (``step``: ×0.1 at 3/8, 5/8, 7/8, as GIAS).
-        tv, image_norm, distance, prune_ratio, labels, compile, device, log_every: as in `GenerativeAttack`.
+        tv, image_norm, distance, prune_ratio, labels, adaptive, fedavg, compile, device, log_every: as in
+            `GenerativeAttack`.
 
     Raises:
         MissingCapabilityError: no prior. ConfigError: invalid values.
@@ -79,6 +80,8 @@ class GIAS(GenerativeAttack):
         distance: str = "cosine",
         prune_ratio: float = 0.0,
         labels: str = "auto",
+        adaptive: bool = False,
+        fedavg: str = "strong",
         compile: bool | str = "auto",
         device: str | torch.device = "auto",
         log_every: int = 50,
@@ -91,6 +94,8 @@ class GIAS(GenerativeAttack):
             distance=distance,
             prune_ratio=prune_ratio,
             labels=labels,
+            adaptive=adaptive,
+            fedavg=fedavg,
             compile=compile,
             device=device,
             log_every=log_every,
@@ -158,7 +163,7 @@ class GIAS(GenerativeAttack):
         self, obs: Observation, setup: Setup, variables: Variables, progress: bool
     ) -> tuple[Tensor, float, int, dict[str, Any]]:
         restarts, batch = self.restarts, setup.batch_size
-        renderer = StageRenderer(self.prior, 0)
+        renderer = StageRenderer(self.generator(self.functional(self.finetune_steps)), 0)
         names = self.tunable_parameters(setup, variables)
         weights = dict(renderer.named_parameters())
         inputs = list(variables)

@@ -93,6 +93,9 @@ class GIFD(GenerativeAttack):
         labels: label inference (``auto``: known if granted, iDLG at B = 1, count-aware otherwise). The labels
             condition class-conditional priors (see `generator_labels`) and the FL loss.
         schedule: per-stage learning-rate schedule (``ramp``).
+        adaptive: replay the declared defences' deterministic transforms on the dummy update (the official
+            code's "gradient transformation" for clipping, pruning and Soteria).
+        fedavg: for FedAvg weight deltas: ``strong``, ``weak`` or ``none`` (see `GradientMatcher`).
         compile: ``auto`` | ``true`` | ``false``: batched restarts through a vmapped, compiled step, or eager
             autograd one restart after another.
         device: where to run. log_every: steps between host syncs.
@@ -122,6 +125,8 @@ class GIFD(GenerativeAttack):
         prune_ratio: float = 0.0,
         labels: str = "auto",
         schedule: str = "ramp",
+        adaptive: bool = False,
+        fedavg: str = "strong",
         compile: bool | str = "auto",
         device: str | torch.device = "auto",
         log_every: int = 50,
@@ -134,6 +139,8 @@ class GIFD(GenerativeAttack):
             distance=distance,
             prune_ratio=prune_ratio,
             labels=labels,
+            adaptive=adaptive,
+            fedavg=fedavg,
             compile=compile,
             device=device,
             log_every=log_every,

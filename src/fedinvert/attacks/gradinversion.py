@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from fedinvert.attacks.base import ATTACKS
 from fedinvert.attacks.inverting_gradients import PixelAttack, StepFunction
-from fedinvert.attacks.objectives import GradientMatcher
+from fedinvert.attacks.objectives import GradientMatcher, _affine_batch_norm_
 from fedinvert.errors import ConfigError
 from fedinvert.observation import Observation
 
@@ -67,11 +67,15 @@ class BatchNormPrior:
             p.requires_grad_(False)
         layers = batch_norm_layers(copied)
         self.targets = [(m.running_mean.detach().clone(), m.running_var.detach().clone()) for _, m in layers]
+        # the same forward as GradientMatcher's copy: batch statistics without updating running buffers in
+        # train mode; in eval mode the affine form of BatchNorm, which vmap batches natively
         if copied.training:
-            # batch statistics without updating running buffers (and vmap-safe), like GradientMatcher's copy
             torch.func.replace_all_batch_norm_modules_(copied)
+        else:
+            _affine_batch_norm_(copied)
+        modules = dict(copied.named_modules())
         self.model = copied
-        self.layers = [m for _, m in layers]
+        self.layers = [modules[name] for name, _ in layers]
         self.first_scale = float(first_scale)
 
     def __call__(self, inputs: Tensor) -> Tensor:

@@ -50,6 +50,8 @@ class PixelAttack(Attack):
         labels: str = "auto",
         distance: str | None = None,
         prune_ratio: float = 0.0,
+        adaptive: bool = False,
+        fedavg: str = "strong",
         compile: bool | str = "auto",
         device: str | torch.device = "auto",
         log_every: int = 50,
@@ -70,6 +72,8 @@ class PixelAttack(Attack):
         self.labels = labels
         self.distance = distance or self.distance
         self.prune_ratio = float(prune_ratio)
+        self.adaptive = bool(adaptive)
+        self.fedavg = fedavg
         self.compile = compile
 
     def regularizer(self, obs: Observation) -> Callable[[Tensor, tuple[Tensor, ...]], Tensor]:
@@ -94,6 +98,8 @@ class PixelAttack(Attack):
             # extra variables (GradInversion's group consensus) are for the regulariser only
             render=lambda x, *_extra: (x, labels),
             regularizer=self.regularizer(obs),
+            adaptive=self.adaptive,
+            fedavg=self.fedavg,
             functional=compiled,
             compile=compiled,
             device=self.device,
@@ -150,6 +156,9 @@ class InvertingGradients(PixelAttack):
         tv: total-variation weight on the victim's input tensor.
         labels: label inference method (`auto`, `idlg`, `row_sum`, `row_min`, `count_aware`, `known`).
         distance: `cosine` (default), `layer_cosine`, `l2` or `masked_cosine` (with `prune_ratio`).
+        adaptive: replay the declared defences' deterministic transforms on the dummy update (`GradientMatcher`).
+        fedavg: for FedAvg weight deltas, `strong` (unroll the known local training), `weak` (unroll the
+            survey's guess: batch 8, 2 epochs, lr 1e-3) or `none` (treat −Δ/η as one gradient).
         compile: `auto`, `true` or `false` — compile the functional step with `torch.compile`.
     """
 

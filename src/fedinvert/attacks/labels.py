@@ -10,9 +10,9 @@ Methods (registry `LABEL_METHODS`):
   * ``row_sum`` — unique labels: the B most negative row sums of ∇W (used by GIFD and breaching's iDLG).
   * ``row_min`` — unique labels: the B smallest row minima of ∇W (Yin et al. 2021, GradInversion).
   * ``count_aware`` — repeated labels: estimate the count of each class as ``B·(p̄_c − ∇b_c)`` (or the
-    row-sum analogue without bias), with ``p̄`` the mean softmax of the model on dummy inputs; every class
-    with a negative entry gets at least one — and, since ``p̄_c > 0``, at least ``⌈−B·∇b_c⌉`` — the rest
-    are filled by largest remainder.
+    row-sum analogue without bias), with ``p̄`` the batch's mean softmax, first estimated on random inputs
+    and then refined from the images' own features read off ∇W; every class with a negative entry gets at
+    least one — and, since ``p̄_c > 0``, at least ``⌈−B·∇b_c⌉`` — the rest are filled by largest remainder.
   * ``known`` — the labels the threat model grants.
 """
 
@@ -32,12 +32,17 @@ LabelMethod = Callable[[Observation, int], Tensor]
 LABEL_METHODS: Registry[Tensor] = Registry("label inference method")
 
 
-def _last_layer(obs: Observation) -> tuple[Tensor, Tensor | None]:
-    """The observed update of the last linear layer: weight (K, D) and bias (K,) or None."""
+def _classifier(obs: Observation) -> tuple[str, nn.Linear]:
+    """Name and module of the model's last nn.Linear layer (the classifier)."""
     linears = [(n, m) for n, m in obs.model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ConfigError("label inference needs a model ending in an nn.Linear layer")
-    name, layer = linears[-1]
+    return linears[-1]
+
+
+def _last_layer(obs: Observation) -> tuple[Tensor, Tensor | None]:
+    """The observed update of the last linear layer: weight (K, D) and bias (K,) or None."""
+    name, layer = _classifier(obs)
     prefix = f"{name}." if name else ""
     weight = obs.update[f"{prefix}weight"].detach().float()
     bias = obs.update.get(f"{prefix}bias") if layer.bias is not None else None
@@ -120,28 +125,15 @@ def _delta_scale(obs: Observation, batch_size: int, signal: Tensor, p_bar: Tenso
     return signal[negative].abs().sum() / (1 - p_bar[negative].sum()).clamp(min=1e-3)
 
 
-@LABEL_METHODS.register("count_aware")
-def count_aware(obs: Observation, batch_size: int) -> Tensor:
-    """Repeated labels: estimated counts per class from the last layer's update (sorted labels).
-
-    With a bias, ``∇b_c = p̄_c − n_c/B`` exactly (``p̄`` the batch's mean softmax), so the counts are
-    ``B·(p̄_c − ∇b_c)`` with ``p̄`` estimated on random inputs. As ``p̄_c > 0``, a class needs at least
-    ``⌈−B·∇b_c⌉`` images: this exact lower bound fixes most errors of the estimate on peaked (sigmoid,
-    U(−0.5, 0.5)) victims. Without a bias the row sums, divided by the mean feature sum, stand in for ∇b.
+def _allocate(signal: Tensor, estimate: Tensor, batch_size: int, *, exact: bool) -> Tensor:
+    """Counts per class (K,) summing to B: one for each negative entry (most negative first), at least
+    ``⌈−B·signal_c⌉`` when ``signal`` is the exact bias gradient, the rest by largest remainder of ``estimate``.
     """
-    weight, bias = _last_layer(obs)
-    num_classes = weight.shape[0]
-    p_bar, s_bar = dummy_statistics(obs)
-    # Σ_j ∇W_cj ≈ s̄ · (p̄_c − n_c / B) stands in for the bias when there is none
-    signal = bias.cpu() if bias is not None else weight.sum(dim=1).cpu() / s_bar.clamp(min=1e-12)
-    if obs.kind == "weight_delta":
-        signal = signal / _delta_scale(obs, batch_size, signal, p_bar)
-    estimate = batch_size * (p_bar - signal)
-    counts = torch.zeros(num_classes, dtype=torch.long)
+    counts = torch.zeros(signal.shape[0], dtype=torch.long)
     present = torch.nonzero(signal < 0).flatten()
     present = present[torch.argsort(signal[present])][:batch_size]
     counts[present] = 1
-    if bias is not None:
+    if exact:
         # the tolerance keeps p̄_c ≈ 0 with an exact −B·∇b_c = n_c from rounding up to n_c + 1
         lower = torch.ceil(-batch_size * signal - 1e-3).long()
         counts[present] = torch.maximum(counts[present], lower[present])
@@ -152,6 +144,70 @@ def count_aware(obs: Observation, batch_size: int) -> Tensor:
         c = int(torch.argmax(residual))
         counts[c] += 1
         residual[c] -= 1
+    return counts
+
+
+def _refine_counts(
+    obs: Observation,
+    counts: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    p_bar: Tensor,
+    batch_size: int,
+    *,
+    rounds: int = 3,
+    purity: float = 0.5,
+) -> Tensor:
+    """Re-estimate p̄ from the batch's own features and re-allocate the counts (bias gradients only).
+
+    For a class c with n_c images, ``−B·∇W_c / n_c = h̄_c − (1/n_c) Σ_i p_ic h_i``: when the class's images
+    dominate their row (``B·p̄_c = n_c + B·∇b_c`` below ``purity·n_c``), this is close to their mean feature
+    h̄_c, and the classifier's softmax at h̄_c stands in for those images' probabilities. Only the remaining
+    images keep the random-input estimate. On DLG's sigmoid LeNet (peaked softmax) this lifts the multiset
+    accuracy at B = 8–16 from about 0.96–0.97 to 0.98–0.99 (held-out seeds, Fashion-MNIST).
+    """
+    _, layer = _classifier(obs)
+    w = layer.weight.detach().float().cpu()
+    b = layer.bias.detach().float().cpu() if layer.bias is not None else torch.zeros(w.shape[0])
+    for _ in range(rounds):
+        mass = counts.float() + batch_size * bias  # B·p̄_c for the classes in the batch
+        pure = (counts > 0) & (mass < purity * counts.float())
+        if not pure.any():
+            break
+        features = -batch_size * weight[pure] / counts[pure].float().unsqueeze(1)
+        probs = torch.softmax(features @ w.T + b, dim=-1)
+        seen = (counts[pure].float().unsqueeze(1) * probs).sum(0)
+        p_new = (seen + (batch_size - int(counts[pure].sum())) * p_bar) / batch_size
+        new = _allocate(bias, batch_size * (p_new - bias), batch_size, exact=True)
+        if torch.equal(new, counts):
+            break
+        counts = new
+    return counts
+
+
+@LABEL_METHODS.register("count_aware")
+def count_aware(obs: Observation, batch_size: int) -> Tensor:
+    """Repeated labels: estimated counts per class from the last layer's update (sorted labels).
+
+    With a bias, ``∇b_c = p̄_c − n_c/B`` exactly (``p̄`` the batch's mean softmax), so the counts are
+    ``B·(p̄_c − ∇b_c)`` with ``p̄`` estimated on random inputs, then refined from the features the rows of
+    ∇W reveal (`_refine_counts`). As ``p̄_c > 0``, a class needs at least ``⌈−B·∇b_c⌉`` images: this exact
+    lower bound fixes most errors of the estimate on peaked (sigmoid, U(−0.5, 0.5)) victims. Without a bias
+    the row sums, divided by the mean feature sum, stand in for ∇b (no lower bound, no refinement). A weight
+    delta is first turned into a gradient (`_delta_scale`).
+    """
+    weight, bias = _last_layer(obs)
+    weight = weight.cpu()
+    num_classes = weight.shape[0]
+    p_bar, s_bar = dummy_statistics(obs)
+    # Σ_j ∇W_cj ≈ s̄ · (p̄_c − n_c / B) stands in for the bias when there is none
+    signal = bias.cpu() if bias is not None else weight.sum(dim=1) / s_bar.clamp(min=1e-12)
+    if obs.kind == "weight_delta":
+        scale = _delta_scale(obs, batch_size, signal, p_bar)
+        signal, weight = signal / scale, weight / scale
+    counts = _allocate(signal, batch_size * (p_bar - signal), batch_size, exact=bias is not None)
+    if bias is not None:
+        counts = _refine_counts(obs, counts, weight, signal, p_bar, batch_size)
     return torch.repeat_interleave(torch.arange(num_classes), counts)
 
 

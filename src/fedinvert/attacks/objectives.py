@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedinvert.errors import ConfigError
-from fedinvert.observation import Observation
+from fedinvert.errors import ConfigError, MissingCapabilityError
+from fedinvert.fl.aggregation import split_clients
+from fedinvert.fl.fedavg import GUESSED_LOCAL_TRAINING, local_batches, simulate_local_training
+from fedinvert.observation import LocalTraining, Observation
 from fedinvert.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -142,6 +144,20 @@ class GradientMatcher:
 
     The observed model is copied, so the attack never changes its weights or BatchNorm buffers; a model in
     train mode keeps using batch statistics (as the client did).
+
+    FedAvg (``obs.kind == "weight_delta"``, TPAMI GIA survey, Guo et al. 2025, Table III), by ``fedavg``:
+    ``strong`` unrolls the client's local training with ``obs.local_training`` (`simulate_local_training`)
+    and compares dummy and observed deltas; ``weak`` unrolls it with the survey's guess (local batch 8,
+    2 epochs, lr 1e-3, no shuffling); ``none`` treats the delta as one gradient step and compares the dummy
+    gradient with ``−Δ/η`` (η from ``obs.local_training``, else 1e-3) — for the cosine distances η does
+    not matter, for ``l2`` it only rescales the distance. For gradient observations ``fedavg`` is ignored.
+
+    ``adaptive=True`` (DESIGN §4, adaptive attacker) applies the deterministic part of every defence declared
+    in ``obs.defenses`` (clipping, pruning mask, Soteria mask, quantisation) to the dummy update, in the
+    declared order (`fedinvert.defenses.replay_transform`); noise is never replayed. With a declared
+    ``secure_aggregation`` of K clients the dummy batch is cut into K equal chunks and the dummy update is the
+    sum of their K updates, as the server received it. Both replays act in the observed update's space (for
+    ``fedavg="none"`` on the pseudo-delta ``−η·g``). ``update_transform`` is applied after them.
     """
 
     def __init__(
@@ -153,6 +169,8 @@ class GradientMatcher:
         render: Callable[..., tuple[Tensor, Tensor]],
         regularizer: Callable[[Tensor, tuple[Tensor, ...]], Tensor] | None = None,
         update_transform: Callable[[list[Tensor]], list[Tensor]] | None = None,
+        adaptive: bool = False,
+        fedavg: str = "strong",
         functional: bool = False,
         compile: bool = False,
         device: torch.device | str = "cpu",
@@ -175,7 +193,25 @@ class GradientMatcher:
         self._leaf_params = {n: p.clone().requires_grad_(True) for n, p in self.params.items()}
         self.frozen = {n: p.detach() for n, p in named.items() if n not in self.params}
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
-        self.target = [t.detach().to(self.device, torch.float32) for t in obs.update_list()]
+        observed = [t.detach().to(self.device, torch.float32) for t in obs.update_list()]
+        self.local, self.step_size = _fedavg_simulation(obs, fedavg)
+        self._batches: dict[int, list[Tensor]] = {}  # the simulation's mini-batch schedule per client size
+        # fedavg="none": the dummy gradient g is compared with −Δ/η
+        self.target = observed if self.step_size is None else [-t / self.step_size for t in observed]
+        self.replay: Callable[[list[Tensor]], list[Tensor]] | None = None
+        self.clients = 1
+        if adaptive:
+            from fedinvert.defenses import DEFENSES, replay_transform
+
+            self.replay = replay_transform(obs.defenses, names=self.names, observed=observed)
+            aggregation = [d for d in obs.defenses if DEFENSES.get(d.name).aggregates]  # type: ignore[attr-defined]
+            if aggregation:
+                self.clients = int(aggregation[0].params["clients"])
+            if not obs.defenses:
+                log.warning("attack.adaptive=true, but the observation declares no defences: nothing to replay")
+        if self.local is not None and obs.batch_size:  # the schedule outside any (compiled, vmapped) step
+            n = max(1, obs.batch_size // self.clients)
+            self._batches[n] = [i.to(self.device) for i in local_batches(n, self.local)]
         self.distance_fn = build_distance(distance, self.target, prune_ratio=prune_ratio)
         self.render = render
         self.regularizer = regularizer
@@ -198,15 +234,41 @@ class GradientMatcher:
         logits = torch.func.functional_call(self.model, {**params, **self.frozen, **self.buffers}, (inputs,))
         return soft_cross_entropy(logits, labels)
 
-    def parameter_gradient(self, inputs: Tensor, labels: Tensor, *, create_graph: bool = True) -> list[Tensor]:
-        """The dummy update: ∇θ CE(f_θ(inputs), labels), in parameter order (after the adaptive transform)."""
+    def _client_update(self, inputs: Tensor, labels: Tensor, *, create_graph: bool) -> list[Tensor]:
+        """One client's dummy update in parameter order: ∇θ CE, or the simulated FedAvg delta."""
+        if self.local is not None:
+            size = inputs.shape[0]
+            if size not in self._batches:
+                self._batches[size] = [i.to(self.device) for i in local_batches(size, self.local)]
+            delta = simulate_local_training(
+                self._loss, self.params, inputs, labels, self.local, batches=self._batches[size]
+            )
+            return [delta[n] for n in self.names]
         if self.functional:
             grads = torch.func.grad(self._loss)(self.params, inputs, labels)
-            out = [grads[n] for n in self.names]
+            return [grads[n] for n in self.names]
+        params = self._leaf_params
+        loss = self._loss(params, inputs, labels)
+        return list(torch.autograd.grad(loss, [params[n] for n in self.names], create_graph=create_graph))
+
+    def parameter_gradient(self, inputs: Tensor, labels: Tensor, *, create_graph: bool = True) -> list[Tensor]:
+        """The dummy update, comparable with ``self.target``, in parameter order.
+
+        ∇θ CE(f_θ(inputs), labels) for gradient observations and ``fedavg="none"``; the simulated delta for
+        ``fedavg="strong"|"weak"``; summed over K chunks and passed through the declared defences' replay when
+        adaptive; then ``update_transform``.
+        """
+        if self.clients > 1:
+            chunks = split_clients(inputs, labels, self.clients)
+            parts = [self._client_update(x, y, create_graph=create_graph) for x, y in chunks]
+            out = [torch.stack(ts).sum(0) for ts in zip(*parts, strict=True)]
         else:
-            params = self._leaf_params
-            loss = self._loss(params, inputs, labels)
-            out = list(torch.autograd.grad(loss, [params[n] for n in self.names], create_graph=create_graph))
+            out = self._client_update(inputs, labels, create_graph=create_graph)
+        if self.replay is not None:
+            if self.step_size is None:
+                out = self.replay(out)
+            else:  # the defences acted on the delta: replay on the pseudo-delta −η·g, then back to g
+                out = [u / -self.step_size for u in self.replay([-self.step_size * g for g in out])]
         if self.update_transform is not None:
             out = self.update_transform(out)
         return out
@@ -293,6 +355,32 @@ def _affine_batch_norm_(model: nn.Module) -> None:
             setattr(model, name, _AffineBatchNorm(child))
         else:
             _affine_batch_norm_(child)
+
+
+FEDAVG_MODES = ("strong", "weak", "none")
+
+
+def _fedavg_simulation(obs: Observation, mode: str) -> tuple[LocalTraining | None, float | None]:
+    """(local training to unroll, step size η for ``none``) of ``attack.fedavg=mode`` on ``obs``.
+
+    Gradient observations need neither. Raises ConfigError for an unknown mode and MissingCapabilityError for
+    ``strong`` without known local hyper-parameters.
+    """
+    if mode not in FEDAVG_MODES:
+        raise ConfigError(f"attack.fedavg must be one of {', '.join(FEDAVG_MODES)}, got {mode!r}")
+    if obs.kind != "weight_delta":
+        return None, None
+    if mode == "strong":
+        if obs.local_training is None:
+            raise MissingCapabilityError(
+                "attack.fedavg=strong needs the client's local-training hyper-parameters, which this scenario"
+                " does not grant: set threat.local_hparams=known (or guessed), or use attack.fedavg=weak|none"
+            )
+        return obs.local_training, None
+    if mode == "weak":
+        return GUESSED_LOCAL_TRAINING, None
+    lr = obs.local_training.lr if obs.local_training is not None else GUESSED_LOCAL_TRAINING.lr
+    return None, float(lr)
 
 
 def model_device(model: nn.Module) -> torch.device:

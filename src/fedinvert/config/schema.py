@@ -8,6 +8,7 @@ list of defences whose parameters live at ``defense.<name>.<param>``. Merging us
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -97,6 +98,9 @@ def _normalise_groups(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def _parse_overrides(overrides: Sequence[str]) -> list[dict[str, Any]]:
     """``key=value`` strings -> nested mappings, applied in order (values parsed as YAML)."""
     layers = []
@@ -111,6 +115,8 @@ def _parse_overrides(overrides: Sequence[str]) -> list[dict[str, Any]]:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; users mean the number
         parts = key.split(".")
         if parts[0] in GROUPS and len(parts) == 1 and isinstance(value, str):
             value = {"name": value}

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedinvert.errors import ConfigError
+
+#: ``(model, inputs, labels) -> {parameter name: gradient}`` of one (mini-)batch; DP-SGD supplies its own.
+GradientFunction = Callable[[nn.Module, Tensor, Tensor], dict[str, Tensor]]
 
 
 def parameter_gradients(model: nn.Module, inputs: Tensor, labels: Tensor) -> dict[str, Tensor]:
@@ -39,7 +44,13 @@ class FedSGDClient:
             raise ConfigError(f"protocol.mode must be eval or train, got {mode!r}")
         self.mode = mode
 
-    def update(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """The shared update for the private (normalised) ``inputs`` (B, C, H, W) and ``labels`` (B,)."""
+    def update(
+        self, model: nn.Module, inputs: Tensor, labels: Tensor, *, gradient_fn: GradientFunction | None = None
+    ) -> dict[str, Tensor]:
+        """The shared update for the private (normalised) ``inputs`` (B, C, H, W) and ``labels`` (B,).
+
+        Args:
+            gradient_fn: replaces the plain mean cross-entropy gradient (DP-SGD passes its clipped, noised one).
+        """
         model.train(self.mode == "train")
-        return parameter_gradients(model, inputs, labels)
+        return (gradient_fn or parameter_gradients)(model, inputs, labels)

@@ -3,7 +3,8 @@
 A prior is a generator cut into stages (`Prior`); `to_victim` turns its [0, 1] images into a victim's input.
 Registered names: ``face-dcgan`` (weights from the gan-face-generate wheel), ``biggan`` (BigGAN-deep, public
 pytorch-pretrained-biggan checkpoints from a local path), ``stylegan2`` (rosinality-layout checkpoints from a
-local path).
+local path), ``fashion`` (our own class-conditional Fashion-MNIST generator, weights committed as
+package data; trained by ``fedinvert train-prior``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fedinvert.priors.adapter import to_victim
 from fedinvert.priors.base import FEATURE, Prior, ProjectionKind, Variables
 from fedinvert.priors.biggan import BigGANDeep
 from fedinvert.priors.dcgan import FaceDCGAN
+from fedinvert.priors.fashion import FashionPrior
 from fedinvert.priors.stylegan2 import StyleGAN2
 from fedinvert.registry import Registry
 
@@ -21,6 +23,7 @@ PRIORS: Registry[Prior] = Registry("prior")
 PRIORS.add("face-dcgan", FaceDCGAN)
 PRIORS.add("biggan", BigGANDeep)
 PRIORS.add("stylegan2", StyleGAN2)
+PRIORS.add("fashion", FashionPrior)
 
 
 def build_prior(name: str, **kwargs: Any) -> Prior:
@@ -33,6 +36,7 @@ __all__ = [
     "PRIORS",
     "BigGANDeep",
     "FaceDCGAN",
+    "FashionPrior",
     "Prior",
     "ProjectionKind",
     "StyleGAN2",
