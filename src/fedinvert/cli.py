@@ -141,6 +141,7 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         export_dir=args.export_to,
         standing_samples=args.standing_samples,
+        restart_ema=args.restart_ema,
     )
     rate = result.train_seconds / max(result.step, 1)
     state = "interrupted; checkpoint saved, rerun the same command to resume" if result.interrupted else "done"
@@ -188,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--note", help="a remark stored in the exported JSON (with --export-only)")
     train.add_argument(
         "--standing-samples", type=int, default=1000, help="own samples for the exported batch-norm statistics"
+    )
+    train.add_argument(
+        "--restart-ema",
+        action="store_true",
+        help="restart the generator's weight average from the live weights at the resumed step",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train_prior)

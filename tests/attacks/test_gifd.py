@@ -10,13 +10,14 @@ import torch
 
 from fedinvert.attacks import ATTACKS
 from fedinvert.attacks.gifd import GIFD, OFFICIAL_SETTINGS
+from fedinvert.attacks.objectives import GradientMatcher
 from fedinvert.cli import main
 from fedinvert.errors import ConfigError, MissingCapabilityError
 from fedinvert.fl import FedSGDClient
 from fedinvert.metrics import match, psnr_per_image
 from fedinvert.models import build_model
 from fedinvert.observation import Observation
-from fedinvert.priors import BigGANDeep, FaceDCGAN, to_victim
+from fedinvert.priors import BigGANDeep, FaceDCGAN, StyleGAN2, to_victim
 
 HAS_FACE_WHEEL = importlib.util.find_spec("gan_face_generate") is not None
 needs_wheel = pytest.mark.skipif(not HAS_FACE_WHEEL, reason="gan-face-generate wheel not installed")
@@ -198,6 +199,44 @@ def test_conditional_prior_receives_the_inferred_label():
     mapped = MappedGIFD(prior=prior, steps_per_stage=2, restarts=1, stages=[0], compile=False, device="cpu")
     rec = mapped.reconstruct(obs)
     assert prior.seen == [[8]] and rec.labels.tolist() == [7] and rec.extras["generator_labels"] == [8]
+
+
+def test_stylegan2_stages_with_noise_maps_skip_and_latent_balls():
+    # w and the noise maps ("sphere") each get their own ball, the RGB skip ("fixed") is carried along
+    prior = StyleGAN2(random_init=True, size=32, style_dim=32, n_mlp=2, max_channels=32)
+    private = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    obs = observe(private, torch.tensor([3]), width=0.25)
+    attack = gifd(prior, steps_per_stage=3, restarts=2, stages=["w", "f1", "f2"], latent_radii=[0.01, 0.02, 0.03])
+    rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
+    assert [s.name for s in rec.stages] == ["w", "f1", "f2"] and rec.iterations == 3 * 3 * 2
+    assert rec.images.shape == (1, 3, 16, 16)
+    setup = attack.prepare(obs)
+    start = prior.stage_variables(1, attack.sample_latents(1, torch.Generator().manual_seed(1)), None)
+    found = attack.search_stage(obs, setup, 1, start, steps=4, lr=0.1, schedule="constant", radius=0.05,
+                                latent_radius=0.01, relative_radius=True)
+    assert torch.equal(found.variables["skip"], start["skip"])
+    for name in ("w", "h", *(n for n in start if n.startswith("noise_"))):
+        rho = 0.05 if name == "h" else 0.01
+        deviation = (found.variables[name] - start[name]).flatten(1).abs().sum(1)
+        assert (deviation <= rho * start[name].flatten(1).abs().sum(1) * (1 + 1e-4)).all(), name
+
+
+@needs_wheel
+def test_ctrl_c_returns_the_best_stage_so_far(face, in_distribution, monkeypatch):
+    _, _, obs = in_distribution
+    original, calls = GradientMatcher.step, []
+
+    def interrupted_step(self, variables):
+        calls.append(1)
+        if len(calls) == 8:  # stage z takes 5 steps; stop in the middle of stage f1
+            raise KeyboardInterrupt
+        return original(self, variables)
+
+    monkeypatch.setattr(GradientMatcher, "step", interrupted_step)
+    rec = gifd(face, steps_per_stage=5, restarts=1).reconstruct(obs, rng=torch.Generator().manual_seed(0))
+    assert rec.interrupted
+    assert [s.name for s in rec.stages] == ["z", "f1"] and rec.iterations == 5 + 2
+    assert rec.score == min(s.distance for s in rec.stages)
 
 
 def test_missing_prior_and_bad_values(face):

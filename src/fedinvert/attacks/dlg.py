@@ -12,7 +12,7 @@ from torch import Tensor
 
 from fedinvert.attacks.base import ATTACKS, Attack, batch_size_of
 from fedinvert.attacks.labels import infer_labels
-from fedinvert.attacks.objectives import GradientMatcher, resolve_compile
+from fedinvert.attacks.objectives import FEDAVG_MODES, GradientMatcher, resolve_compile
 from fedinvert.errors import ConfigError
 from fedinvert.observation import Observation, Reconstruction
 
@@ -32,6 +32,9 @@ class DLG(Attack):
         line_search: ``strong_wolfe`` or ``none``.
         joint_labels: optimise soft labels jointly (DLG) or infer them from the update (iDLG).
         labels: label inference method when labels are not optimised jointly.
+        adaptive: replay the declared defences' deterministic transforms on the dummy update (`GradientMatcher`).
+        fedavg: for FedAvg weight deltas, ``strong`` (unroll the known local training), ``weak`` (unroll the
+            survey's guess: batch 8, 2 epochs, lr 1e-3) or ``none`` (treat −Δ/η as one gradient).
     """
 
     joint_labels_default = True
@@ -47,6 +50,8 @@ class DLG(Attack):
         max_eval: int | None = None,
         labels: str = "auto",
         joint_labels: bool | None = None,
+        adaptive: bool = False,
+        fedavg: str = "strong",
         compile: bool | str = "auto",
         device: str | torch.device = "auto",
         log_every: int = 10,
@@ -64,6 +69,10 @@ class DLG(Attack):
         self.max_eval = max_eval
         self.labels = labels
         self.joint_labels = self.joint_labels_default if joint_labels is None else bool(joint_labels)
+        if fedavg not in FEDAVG_MODES:
+            raise ConfigError(f"attack.fedavg must be one of {', '.join(FEDAVG_MODES)}, got {fedavg!r}")
+        self.adaptive = bool(adaptive)
+        self.fedavg = fedavg
         self.compile = compile
 
     def reconstruct(
@@ -79,7 +88,14 @@ class DLG(Attack):
 
         compiled = resolve_compile(self.compile, steps=self.iterations * self.restarts * 20)
         matcher = GradientMatcher(
-            obs, distance=self.distance, render=render, functional=compiled, compile=compiled, device=self.device
+            obs,
+            distance=self.distance,
+            render=render,
+            adaptive=self.adaptive,
+            fedavg=self.fedavg,
+            functional=compiled,
+            compile=compiled,
+            device=self.device,
         )
         history: list[dict] = []
         best_images: Tensor | None = None

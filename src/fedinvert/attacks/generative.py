@@ -430,12 +430,13 @@ class GenerativeAttack(Attack):
         def project(current: list[Tensor]) -> None:
             for name, leaf in zip(optimised, current, strict=True):
                 flat = leaf.reshape(restarts * batch, *leaf.shape[2:])
+                ball = balls[name]
                 if kinds[name] == "sphere":
                     flat = self.prior.renormalize(name, flat, start[name])
-                    if balls[name] is not None:
-                        flat = project_l1_ball_around(flat, start[name], balls[name])
-                elif balls[name] is not None:  # features: u is the deviation from the start, in units of s
-                    flat = project_l1_ball(flat, balls[name])
+                    if ball is not None:
+                        flat = project_l1_ball_around(flat, start[name], ball)
+                elif ball is not None:  # features: u is the deviation from the start, in units of s
+                    flat = project_l1_ball(flat, ball)
                 else:
                     continue
                 leaf.copy_(flat.reshape(leaf.shape))

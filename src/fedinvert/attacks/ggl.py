@@ -154,7 +154,7 @@ class GGL(GenerativeAttack):
         kld = self.kld
 
         def regularizer(inputs: Tensor, variables: tuple[Tensor, ...]) -> Tensor:
-            total = inputs.new_zeros(()) if image_terms is None else image_terms(inputs)
+            total = inputs.new_zeros(()) if image_terms is None else image_terms(inputs, variables)
             return total + kld * latent_kl(variables[0]) if kld else total
 
         start = prior.initial_variables(latents, repeat_restarts(setup.cond, self.restarts))
@@ -216,10 +216,10 @@ class GGL(GenerativeAttack):
                 candidates = candidates.reshape(restarts, population, *shape).to(self.device)
                 distance, loss = score(candidates.reshape(restarts * population, *shape))
                 distance = distance.reshape(restarts, population).cpu()
-                loss = loss.reshape(restarts, population).double().cpu().numpy()
+                values = loss.reshape(restarts, population).double().cpu().numpy()
                 evaluations += restarts * population
                 for r, es in enumerate(strategies):
-                    es.tell(asked[r], [float(v) if np.isfinite(v) else 1e30 for v in loss[r]])
+                    es.tell(asked[r], [float(v) if np.isfinite(v) else 1e30 for v in values[r]])
                     i = int(torch.argmin(distance[r]))
                     if distance[r, i] < best_distance[r]:
                         best_distance[r] = distance[r, i]
@@ -228,7 +228,7 @@ class GGL(GenerativeAttack):
                 if done % self.log_every == 0 or done == self.iterations:
                     history.append({
                         "step": done,
-                        "loss": float(np.nanmin(loss)),
+                        "loss": float(np.nanmin(values)),
                         "distance": float(distance.min()),
                         "best_distance": float(best_distance.min()),
                         "seconds": time.perf_counter() - t0,
@@ -270,7 +270,7 @@ class GGL(GenerativeAttack):
             dist = matcher.distance_fn(matcher.parameter_gradient(inputs, labels), matcher.target)
             loss = dist + self.kld * latent_kl(latent)
             if image_terms is not None:
-                loss = loss + image_terms(inputs)
+                loss = loss + image_terms(inputs, (latent,))
             return dist, loss
 
         batched = torch.func.vmap(one)

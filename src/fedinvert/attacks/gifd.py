@@ -33,7 +33,7 @@ from fedinvert.attacks.generative import (
     repeat_restarts,
     validate_schedule,
 )
-from fedinvert.errors import ConfigError
+from fedinvert.errors import ConfigError, ObservationError
 from fedinvert.observation import Observation, Reconstruction, StageResult
 from fedinvert.priors import Prior
 
@@ -250,7 +250,12 @@ class GIFD(GenerativeAttack):
             interrupted = True
             log.warning("GIFD interrupted; returning the best stage so far")
         if not results:
-            raise KeyboardInterrupt("GIFD was interrupted before its first stage finished a step")
+            if interrupted:
+                raise KeyboardInterrupt("GIFD was interrupted before its first stage finished a step")
+            raise ObservationError(
+                "GIFD found no finite gradient distance in any stage (NaN or inf everywhere); check the"
+                " observation (victim, update) and the prior"
+            )
         chosen = results[-1] if self.selection == "last" else min(results, key=lambda s: s.distance)
         return Reconstruction(
             images=chosen.images,

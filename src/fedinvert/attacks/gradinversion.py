@@ -120,9 +120,14 @@ class GradInversion(PixelAttack):
     Labels default to ``auto``: the known labels when granted, iDLG at B = 1 and the count-aware method at
     B > 1 (Yin et al. use row minima, which assume unique labels; ``labels="row_min"`` selects it).
 
+    Differences from breaching's version: the L2 distance is not rescaled (breaching multiplies it by 0.5e-4,
+    so its prior weights act relatively more strongly), no Langevin noise is added to the updates, and the
+    group term is implemented (breaching leaves it out). The prior helps only when the victim's BatchNorm
+    statistics describe the clients' data (a trained model); on a freshly initialised one set ``bn=0``.
+
     Args:
-        iterations: Adam steps per restart (breaching and the paper: 20,000 at ImageNet scale; 4,800 here, as
-            for Inverting Gradients at CIFAR scale).
+        iterations: Adam steps per restart (breaching: 20,000 at ImageNet scale; 4,800 here, as for Inverting
+            Gradients at CIFAR scale).
         restarts: independent random starts, which also form the consistency group (default 4).
         lr: Adam learning rate (0.1).
         schedule: learning-rate schedule (``cosine`` decay, as breaching; ``step``, ``ramp``, ``constant``).

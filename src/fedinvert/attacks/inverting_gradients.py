@@ -9,7 +9,13 @@ from torch import Tensor
 
 from fedinvert.attacks.base import ATTACKS, Attack, batch_size_of, optimize
 from fedinvert.attacks.labels import infer_labels
-from fedinvert.attacks.objectives import GradientMatcher, image_norm, resolve_compile, total_variation
+from fedinvert.attacks.objectives import (
+    FEDAVG_MODES,
+    GradientMatcher,
+    image_norm,
+    resolve_compile,
+    total_variation,
+)
 from fedinvert.errors import ConfigError
 from fedinvert.observation import Observation, Reconstruction
 
@@ -72,6 +78,8 @@ class PixelAttack(Attack):
         self.labels = labels
         self.distance = distance or self.distance
         self.prune_ratio = float(prune_ratio)
+        if fedavg not in FEDAVG_MODES:
+            raise ConfigError(f"attack.fedavg must be one of {', '.join(FEDAVG_MODES)}, got {fedavg!r}")
         self.adaptive = bool(adaptive)
         self.fedavg = fedavg
         self.compile = compile

@@ -11,7 +11,7 @@ from fedinvert.defenses import (  # noqa: F401  (registration)
     secure_aggregation,
     soteria,
 )
-from fedinvert.defenses.base import DEFENSES, Defense, register_defense
+from fedinvert.defenses.base import DEFENSES, AdditiveNoise, Defense, register_defense
 from fedinvert.defenses.clipping import Clipping
 from fedinvert.defenses.dp_sgd import DPSGD
 from fedinvert.defenses.gaussian_noise import GaussianNoise
@@ -30,6 +30,7 @@ from fedinvert.defenses.soteria import Soteria
 
 __all__ = [
     "DEFENSES",
+    "AdditiveNoise",
     "DPSGD",
     "Clipping",
     "Defense",

@@ -106,6 +106,32 @@ class Defense(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
+class AdditiveNoise(Defense):
+    """Base of the defences that add i.i.d. zero-mean noise of one family to every entry of the update.
+
+    Subclasses set ``noise_kind`` (``normal`` or ``laplace``, see `noise_like`) and ``noise_scale`` (the factor
+    on unit noise). Not replayable: an adaptive attacker cannot reproduce the noise.
+    """
+
+    noise_kind: ClassVar[str] = "normal"
+
+    @property
+    @abc.abstractmethod
+    def noise_scale(self) -> float:
+        """The factor on unit noise, in the update's units."""
+
+    def apply(
+        self,
+        update: dict[str, Tensor],
+        *,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        rng: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        return {n: t + self.noise_scale * noise_like(t, rng, kind=self.noise_kind) for n, t in update.items()}
+
+
 # -- shared helpers ---------------------------------------------------------------------------------------
 def as_list(update: dict[str, Tensor]) -> tuple[list[str], list[Tensor]]:
     """Names and tensors of an update, in its order."""

@@ -132,4 +132,7 @@ class DPSGD(Defense):
 
         accountant = RDPAccountant()
         accountant.history = [(self.noise_multiplier, float(sample_rate), int(steps))]
-        return float(accountant.get_epsilon(delta=self.delta))
+        with warnings.catch_warnings():
+            # tiny noise multipliers put the optimum at the smallest RDP order: ε is huge either way
+            warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha", category=UserWarning)
+            return float(accountant.get_epsilon(delta=self.delta))

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
-
-from fedinvert.defenses.base import Defense, check_positive, noise_like, register_defense
+from fedinvert.defenses.base import AdditiveNoise, check_positive, register_defense
 
 
 @register_defense("laplace_noise")
-class LaplaceNoise(Defense):
+class LaplaceNoise(AdditiveNoise):
     """Add i.i.d. Laplace(0, scale) noise to every entry of the update (standard deviation √2·scale).
 
     Not replayable: an adaptive attacker cannot reproduce the noise.
@@ -18,16 +15,11 @@ class LaplaceNoise(Defense):
         scale: the Laplace scale b, in the update's units (≥ 0; DLG tries 1e-4 … 1e-1).
     """
 
+    noise_kind = "laplace"
+
     def __init__(self, *, scale: float = 0.01) -> None:
         self.scale = check_positive("laplace_noise.scale", scale, allow_zero=True)
 
-    def apply(
-        self,
-        update: dict[str, Tensor],
-        *,
-        model: nn.Module,
-        inputs: Tensor,
-        labels: Tensor,
-        rng: torch.Generator | None = None,
-    ) -> dict[str, Tensor]:
-        return {n: t + self.scale * noise_like(t, rng, kind="laplace") for n, t in update.items()}
+    @property
+    def noise_scale(self) -> float:
+        return self.scale

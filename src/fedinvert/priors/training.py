@@ -5,7 +5,9 @@ Generative Adversarial Networks", ICLR 2018): the generator `FashionGenerator` a
 (Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018) whose convolutions are spectrally normalised;
 hinge loss; Adam with learning rate 2e-4 and betas (0, 0.999) for both; one discriminator step per generator step
 on the same batch of fakes;
-an exponential moving average (EMA, decay 0.999) of the generator's weights is what gets exported. Images are
+an exponential moving average (EMA) of the generator's weights is what gets exported. The EMA's decay at
+``t`` updates after its start is ``min(0.999, (1 + t) / (10 + t))`` (the warm-up of TensorFlow's
+ExponentialMovingAverage), so early averages are not dominated by the random initial weights. Images are
 the 28x28 train images zero-padded to 32x32 and scaled to [-1, 1] for the discriminator.
 
 Everything random in step ``s`` (the data order of its epoch, the latents and fake labels) is drawn from streams
@@ -214,6 +216,8 @@ class GANTrainer:
         self.step = 0
         self.train_seconds = 0.0
         self.commands: list[list[str]] = []
+        #: The step at which the EMA was (re)started from the live generator; its warm-up counts from here.
+        self.ema_start = 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeding.stream_seed(settings.seed, "prior"))
             self.generator = FashionGenerator()
@@ -268,8 +272,14 @@ class GANTrainer:
         return float(loss_d.detach()), float(loss_g.detach())
 
     @torch.no_grad()
+    def restart_ema(self) -> None:
+        """Restart the EMA from the live generator's weights at the current step (its warm-up starts again)."""
+        self.ema.load_state_dict(self.generator.state_dict())
+        self.ema_start = self.step
+
     def _update_ema(self) -> None:
-        decay = self.settings.ema_decay
+        since = self.step - self.ema_start
+        decay = min(self.settings.ema_decay, (1.0 + since) / (10.0 + since))
         for average, live in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
             average.lerp_(live, 1.0 - decay)
         for average, live in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
@@ -296,6 +306,7 @@ class GANTrainer:
             "steps_per_epoch": self.steps_per_epoch,
             "epochs": self.step / self.steps_per_epoch,
             "train_seconds": self.train_seconds,
+            "ema_start": self.ema_start,
             "settings": self.settings.as_json(),
             "commands": self.commands,
             "torch": torch.__version__,
@@ -338,6 +349,7 @@ class GANTrainer:
             optimizer.load_state_dict(state_dict)
         self.step = int(meta["step"])
         self.train_seconds = float(meta["train_seconds"])
+        self.ema_start = int(meta.get("ema_start", 0))
         self.commands = [list(c) for c in meta.get("commands", [])]
         self._epoch_order = None
         return meta
@@ -379,6 +391,7 @@ def _atomic_save(tensors: dict[str, Tensor], path: Path, *, metadata: dict[str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(temporary), metadata=metadata)
+    temporary.chmod(0o644)  # safetensors creates 0600 files; exported weights are package data
     os.replace(temporary, path)
 
 
@@ -480,6 +493,7 @@ def export_generator(
         "export_command": list(command) if command is not None else None,
         "seed": settings.seed,
         "steps": meta["step"],
+        "ema_start": meta.get("ema_start", 0),
         "epochs": meta["epochs"],
         "total_steps": total,
         "complete": bool(total is not None and meta["step"] >= total),
@@ -555,6 +569,7 @@ def train_prior(
     progress: bool = False,
     export_dir: PathLike | None = None,
     standing_samples: int = 1000,
+    restart_ema: bool = False,
 ) -> TrainResult:
     """Train (or resume training) the ``fashion`` prior's GAN; see the module docstring for the recipe.
 
@@ -574,6 +589,8 @@ def train_prior(
         progress: show a tqdm progress bar.
         export_dir: where the completed run exports ``fashion.safetensors``; None: ``out``.
         standing_samples: samples for the standing batch-norm statistics of sample grids and the export.
+        restart_ema: restart the EMA from the live generator at the current step (e.g. after a change of the EMA
+            recipe); recorded as ``ema_start`` in the checkpoint.
 
     Returns:
         What was done; ``interrupted`` when a signal stopped it (the checkpoint holds the last whole step).
@@ -602,6 +619,8 @@ def train_prior(
     if exists:
         trainer.load(path)
         logger.info("resuming %s at step %d", path, trainer.step)
+    if restart_ema:
+        trainer.restart_ema()
     trainer.commands.append(list(command) if command is not None else ["train_prior"])
     extra = {"total_steps": total}
 
