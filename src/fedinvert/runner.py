@@ -72,6 +72,22 @@ def _group_kwargs(cfg: dict[str, Any], group: str, factory: Any, *, exclude: tup
     return resolve_keywords(group, str(name), factory, section, exclude=exclude)
 
 
+def apply_label_map(label_map: Any, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, int]:
+    """The FL task's labels under ``dataset.label_map`` (entry c is the FL label of the data set's class c):
+    a reordering of the classes or a grouping into fewer. Returns the labels and the FL class count."""
+    if (
+        not isinstance(label_map, list)
+        or len(label_map) != classes
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in label_map)
+    ):
+        raise ConfigError(
+            f"dataset.label_map must list one FL label (an integer ≥ 0) for each of the data set's {classes}"
+            f" classes, e.g. [{', '.join(str((c + 1) % classes) for c in range(min(classes, 4)))}, ...];"
+            f" got {label_map!r}"
+        )
+    return torch.tensor(label_map, dtype=labels.dtype)[labels], max(label_map) + 1
+
+
 def build_scenario(cfg: dict[str, Any]) -> Scenario:
     """Data → victim → protocol → defences → Observation, following the config and threat model.
 
@@ -95,10 +111,13 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
     indices = ds_cfg.pop("indices", None)
     if indices is not None and not isinstance(indices, list):
         indices = [indices]
+    label_map = ds_cfg.pop("label_map", None)
     known = {"split", "unique_labels", "root"}
     extra = sorted(set(ds_cfg) - known)
     if extra:
-        raise ConfigError(f"unknown key dataset.{extra[0]}; valid keys: indices, {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown key dataset.{extra[0]}; valid keys: indices, label_map, {', '.join(sorted(known))}"
+        )
     defenses = build_defenses(dict(cfg.get("defense") or {}))
     clients = client_count(defenses)
     total = batch_size * clients
@@ -122,6 +141,9 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
     images, labels = batch.images, batch.labels
     channels, height, width = images.shape[1:]
     num_classes = int(cfg.get("num_classes") or batch.num_classes)
+    if label_map is not None:
+        labels, mapped_classes = apply_label_map(label_map, labels, batch.num_classes)
+        num_classes = int(cfg.get("num_classes") or mapped_classes)
     if int(labels.max()) >= num_classes:
         raise ConfigError(f"num_classes={num_classes} is too small for label {int(labels.max())} of the batch")
     normalization = default_normalization(ds_name, channels)

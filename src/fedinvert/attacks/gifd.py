@@ -16,14 +16,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from fedinvert.attacks.base import ATTACKS
 from fedinvert.attacks.generative import (
     DEFAULT_RELATIVE_RADII,
     GenerativeAttack,
+    Setup,
     check_choice,
     check_count,
     check_number,
@@ -33,6 +36,7 @@ from fedinvert.attacks.generative import (
     repeat_restarts,
     validate_schedule,
 )
+from fedinvert.attacks.label_mapping import train_remapper
 from fedinvert.errors import ConfigError, ObservationError
 from fedinvert.observation import Observation, Reconstruction, StageResult
 from fedinvert.priors import Prior
@@ -99,6 +103,11 @@ class GIFD(GenerativeAttack):
         compile: ``auto`` | ``true`` | ``false``: batched restarts through a vmapped, compiled step, or eager
             autograd one restart after another.
         device: where to run. log_every: steps between host syncs.
+        label_mapping: for FL labels that are not the prior's classes (journal GIFD): a coarse pass, then a
+            remapper trained only on the prior's own samples names the generator class of its best image,
+            which re-conditions the prior for the full schedule. The FL loss keeps the inferred FL labels.
+        coarse_steps: steps per stage of the coarse pass (official: 100).
+        remapper_samples, remapper_epochs: the remapper's training budget (prior samples, epochs).
 
     Raises:
         MissingCapabilityError: no prior.
@@ -130,6 +139,10 @@ class GIFD(GenerativeAttack):
         compile: bool | str = "auto",
         device: str | torch.device = "auto",
         log_every: int = 50,
+        label_mapping: bool = False,
+        coarse_steps: int = 100,
+        remapper_samples: int = 6000,
+        remapper_epochs: int = 4,
     ) -> None:
         super().__init__(
             prior=prior,
@@ -146,6 +159,17 @@ class GIFD(GenerativeAttack):
             log_every=log_every,
         )
         self.steps_per_stage = check_count("steps_per_stage", steps_per_stage)
+        if not isinstance(label_mapping, bool):
+            raise ConfigError(f"attack.label_mapping must be true or false, got {label_mapping!r}")
+        if label_mapping and not self.prior.is_conditional:
+            raise ConfigError(
+                "attack.label_mapping=true needs a class-conditional prior (e.g. prior=fashion or prior=biggan);"
+                f" {type(self.prior).__name__} has no classes"
+            )
+        self.label_mapping = label_mapping
+        self.coarse_steps = check_count("coarse_steps", coarse_steps)
+        self.remapper_samples = check_count("remapper_samples", remapper_samples)
+        self.remapper_epochs = check_count("remapper_epochs", remapper_epochs)
         self.lr = check_number("lr", lr, positive=True)
         self.feature_lr = check_choice("feature_lr", feature_lr, ["relative", "absolute"])
         self.radius_mode = check_choice("radius_mode", radius_mode, ["relative", "absolute"])
@@ -188,21 +212,85 @@ class GIFD(GenerativeAttack):
     def reconstruct(
         self, obs: Observation, *, rng: torch.Generator | None = None, progress: bool = False
     ) -> Reconstruction:
-        """Run the staged search on ``obs``; see the class docstring. ``rng`` draws the restarts' latents."""
+        """Run the staged search on ``obs``; see the class docstring. ``rng`` draws the restarts' latents.
+
+        With ``label_mapping``: a coarse pass (``coarse_steps`` a stage) conditioned on the FL labels, the
+        remapper's reading of its best image as the generator's labels, then the full schedule from the same
+        starting latents re-conditioned on them; the FL loss keeps the FL labels throughout.
+        """
         setup = self.prepare(obs)
+        with torch.no_grad():
+            latents = self.sample_latents(setup.batch_size, rng)
+        mapping: dict[str, Any] | None = None
+        coarse_evaluations = 0
+        coarse_history: list[dict[str, Any]] = []
+        if self.label_mapping:
+            coarse = self._run_stages(obs, setup, latents, steps=self.coarse_steps, progress=progress, tag="coarse ")
+            coarse_evaluations, coarse_history = coarse.evaluations, coarse.history
+            if coarse.interrupted or not coarse.results:
+                setup, mapping = setup, {"skipped": "interrupted during the coarse pass"}
+            else:
+                best = min(coarse.results, key=lambda s: s.distance)
+                remapper = train_remapper(
+                    self.prior, obs.image_shape, samples=self.remapper_samples, epochs=self.remapper_epochs
+                )
+                mapped = remapper.predict(best.images).to(self.device)
+                setup = Setup(
+                    batch_size=setup.batch_size,
+                    labels=setup.labels,
+                    generator_labels=mapped,
+                    cond=self.prior.condition(mapped.to(self.prior.device)),
+                )
+                mapping = {
+                    "coarse_stage": best.name,
+                    "coarse_distance": best.distance,
+                    "coarse_labels": coarse.generator_labels,
+                    "mapped_labels": mapped.cpu().tolist(),
+                    "remapper_accuracy": remapper.accuracy,
+                }
+                log.info("label mapping: FL labels %s -> generator labels %s", setup.labels.tolist(), mapped.tolist())
+        run = self._run_stages(obs, setup, latents, steps=self.steps_per_stage, progress=progress, tag="")
+        results = run.results
+        if not results:
+            if run.interrupted:
+                raise KeyboardInterrupt("GIFD was interrupted before its first stage finished a step")
+            raise ObservationError(
+                "GIFD found no finite gradient distance in any stage (NaN or inf everywhere); check the"
+                " observation (victim, update) and the prior"
+            )
+        chosen = results[-1] if self.selection == "last" else min(results, key=lambda s: s.distance)
+        extras: dict[str, Any] = {
+            "stage": chosen.name,
+            "restart": chosen.restart,
+            "stage_summary": run.summary,
+            "generator_labels": setup.generator_labels.cpu().tolist(),
+            "compile_seconds": run.compile_seconds,
+        }
+        if mapping is not None:
+            extras["label_mapping"] = mapping
+        return Reconstruction(
+            images=chosen.images,
+            labels=setup.labels.cpu(),
+            score=chosen.distance,
+            history=coarse_history + run.history,
+            stages=results,
+            iterations=coarse_evaluations + run.evaluations,
+            interrupted=run.interrupted,
+            extras=extras,
+        )
+
+    def _run_stages(
+        self, obs: Observation, setup: Setup, latents: Tensor, *, steps: int, progress: bool, tag: str
+    ) -> _StagedRun:
+        """One pass of the stage schedule from ``latents`` (R·B, ...) under ``setup``'s conditioning."""
         prior = self.prior
         cond = repeat_restarts(setup.cond, self.restarts)
         regularizer = image_regularizer(tv=self.tv, norm=self.image_norm)
-        results: list[StageResult] = []
-        history: list[dict[str, Any]] = []
-        summary: list[dict[str, Any]] = []
-        evaluations = 0
-        compile_seconds = 0.0
-        interrupted = False
+        run = _StagedRun(generator_labels=setup.generator_labels.cpu().tolist())
         last = self.stage_indices[-1]
         try:
             with torch.no_grad():
-                variables = prior.initial_variables(self.sample_latents(setup.batch_size, rng), cond)
+                variables = prior.initial_variables(latents, cond)
             for k in range(last + 1):
                 if k in self.stage_indices:
                     t0 = time.perf_counter()
@@ -213,7 +301,7 @@ class GIFD(GenerativeAttack):
                         setup,
                         k,
                         variables,
-                        steps=self.steps_per_stage,
+                        steps=steps,
                         lr=self.lr,
                         schedule=self.schedule,
                         relative_lr=self.feature_lr == "relative",
@@ -222,57 +310,54 @@ class GIFD(GenerativeAttack):
                         relative_radius=self.radius_mode == "relative",
                         regularizer=regularizer,
                         progress=progress,
-                        description=name,
+                        description=tag + name,
                     )
-                    evaluations += found.evaluations
-                    compile_seconds += found.compile_seconds
-                    history.extend(found.history)
+                    run.evaluations += found.evaluations
+                    run.compile_seconds += found.compile_seconds
+                    run.history.extend(found.history)
                     variables = found.variables
                     if torch.isfinite(found.distance).any():
                         best = int(torch.argmin(found.distance))
                         images = self.stage_images(obs, setup, k, variables)[best]
-                        results.append(StageResult(name, images, float(found.distance[best]), restart=best))
-                        summary.append({
+                        run.results.append(StageResult(name, images, float(found.distance[best]), restart=best))
+                        run.summary.append({
                             "stage": name,
                             "distance": float(found.distance[best]),
                             "restart": best,
                             "restart_distances": found.distance.tolist(),
                             "seconds": time.perf_counter() - t0 - found.compile_seconds,
                         })
-                        log.info("GIFD stage %s: distance %.4g (restart %d)", name, found.distance[best], best)
+                        log.info("GIFD %sstage %s: distance %.4g (restart %d)", tag, name, found.distance[best], best)
                     if found.interrupted:
-                        interrupted = True
+                        run.interrupted = True
                         break
                 if k < last:
                     with torch.no_grad():
                         variables = prior.advance(k, variables, cond)
         except KeyboardInterrupt:
-            interrupted = True
+            run.interrupted = True
             log.warning("GIFD interrupted; returning the best stage so far")
-        if not results:
-            if interrupted:
-                raise KeyboardInterrupt("GIFD was interrupted before its first stage finished a step")
-            raise ObservationError(
-                "GIFD found no finite gradient distance in any stage (NaN or inf everywhere); check the"
-                " observation (victim, update) and the prior"
-            )
-        chosen = results[-1] if self.selection == "last" else min(results, key=lambda s: s.distance)
-        return Reconstruction(
-            images=chosen.images,
-            labels=setup.labels.cpu(),
-            score=chosen.distance,
-            history=history,
-            stages=results,
-            iterations=evaluations,
-            interrupted=interrupted,
-            extras={
-                "stage": chosen.name,
-                "restart": chosen.restart,
-                "stage_summary": summary,
-                "generator_labels": setup.generator_labels.cpu().tolist(),
-                "compile_seconds": compile_seconds,
-            },
-        )
+        return run
+
+    def generator_labels(self, obs: Observation, labels: Tensor) -> Tensor:
+        """The FL labels condition the prior, folded into its classes when there are more (the coarse pass of
+        label mapping may see FL labels the prior does not have)."""
+        if self.label_mapping and self.prior.num_classes is not None:
+            return labels % self.prior.num_classes
+        return labels
+
+
+@dataclass
+class _StagedRun:
+    """What one pass of the stage schedule found."""
+
+    generator_labels: list[int]
+    results: list[StageResult] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: int = 0
+    compile_seconds: float = 0.0
+    interrupted: bool = False
 
 
 def resolve_stages(prior: Prior, stages: Sequence[str | int] | None) -> list[int]:
