@@ -83,9 +83,9 @@ def train_remapper(
     batch_size: int = 128,
     lr: float = 2e-3,
     seed: int = 0,
-    model: str = "lenet5",
 ) -> Remapper:
-    """Train a remapper on ``samples`` fresh class-conditioned samples of ``prior`` (nothing else).
+    """Train a remapper (a ReLU LeNet-5, Adam with a one-cycle schedule) on ``samples`` fresh class-conditioned
+    samples of ``prior`` — nothing else: the FL data never enter it.
 
     Results are cached per (prior, image shape, samples, epochs, seed) for the life of the process: a sweep that
     attacks many observations with one prior trains once.
@@ -105,7 +105,9 @@ def train_remapper(
     train_x, train_y = prior_samples(prior, samples, image_shape, generator=generator)
     test_x, test_y = prior_samples(prior, max(prior.num_classes * 50, samples // 5), image_shape, generator=generator)
     channels, height, _ = image_shape
-    net = build_model(model, in_channels=channels, num_classes=prior.num_classes, image_size=height, seed=seed)
+    net = build_model(
+        "lenet5", in_channels=channels, num_classes=prior.num_classes, image_size=height, seed=seed, activation="relu"
+    )
     net = net.to(prior.device).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     steps = epochs * math.ceil(samples / batch_size)
