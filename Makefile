@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test demo data face-gan lint bench-speed clean
+.PHONY: setup test test-slow demo data face-gan lint bench-speed clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ setup: $(VENV)/.package $(VENV)/.face-gan data
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" --durations=15
+
+test-slow: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m slow
 
 demo: setup
 	$(PY) -m fedinvert demo

@@ -13,14 +13,10 @@ from pathlib import Path
 
 from fedinvert.errors import FedinvertError
 
+#: The demo: GIFD with the bundled face DCGAN on a real LFW face at 64 px (about two minutes on a laptop CPU).
 DEMO_ARGS = [
-    "attack=idlg",
-    "model=lenet-dlg",
-    "dataset=photos",
-    "dataset.indices=[1]",
-    "image_size=32",
-    "batch_size=1",
-    "attack.iterations=100",
+    "preset=gifd-face",
+    "attack.steps_per_stage=100",
     "attack.compile=false",
     "seed=0",
 ]
