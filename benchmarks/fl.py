@@ -20,13 +20,12 @@ CSV (``--csv``), and lists what the chosen size left out.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
+from _tables import fmt, write_csv
 
 from fedinvert.config import resolve_config
 from fedinvert.errors import FedinvertError
@@ -183,10 +182,6 @@ def gifd_available() -> str | None:
     return None
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def print_tables(rows: list[dict[str, Any]]) -> None:
     for attack in ("ig", "gifd"):
         table = [r for r in rows if r["part"] == "fedavg" and r["attack"] == attack]
@@ -200,7 +195,7 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
                     r = next((x for x in table if (x["E"], x["b"], x["simulation"]) == (e, b, sim)), None)
                     parts.append(
                         "n/a".center(22) if r is None
-                        else f"{_fmt(r['psnr'], '5.2f')} / {_fmt(r['ssim'], '.3f')} / {r['seconds']:4.0f}s".center(22)
+                        else f"{fmt(r['psnr'], '5.2f')} / {fmt(r['ssim'], '.3f')} / {r['seconds']:4.0f}s".center(22)
                     )
                 print(f"{e:>2} {b:>2}  " + "  ".join(parts))
         table = [r for r in rows if r["part"] == "defense" and r["attack"] == attack]
@@ -209,7 +204,7 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
             print(f"{'defence':<19} {'strength':<22} {'adaptive':<8} {'PSNR':>6} {'SSIM':>6} {'s':>5}  note")
             for r in table:
                 print(f"{r['defense']:<19} {r['strength']:<22} {('on' if r['adaptive'] else 'off'):<8} "
-                      f"{_fmt(r['psnr'], '6.2f')} {_fmt(r['ssim'], '6.3f')} {r['seconds']:5.0f}  {r['note']}")
+                      f"{fmt(r['psnr'], '6.2f')} {fmt(r['ssim'], '6.3f')} {r['seconds']:5.0f}  {r['note']}")
 
 
 def main() -> None:
@@ -246,17 +241,11 @@ def main() -> None:
         row = run_case(case)
         rows.append(row)
         print(f"[{i}/{len(cases)} {time.perf_counter() - started:5.0f}s] {case.attack} {case.setting}"
-              f" psnr={_fmt(row['psnr'], '.2f')} {row['note']}", flush=True)
+              f" psnr={fmt(row['psnr'], '.2f')} {row['note']}", flush=True)
     print_tables(rows)
-    path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["part", "attack", "E", "b", "simulation", "defense", "strength", "adaptive", "psnr", "ssim",
               "seconds", "note"]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in fields})
+    path = write_csv(rows, args.csv, fields)
     print(f"\nwrote {path} ({len(rows)} rows) in {time.perf_counter() - started:.0f} s")
     print("left out at this size:")
     for item in left_out:

@@ -19,12 +19,11 @@ table); seconds are the attack's own time on this machine. Scores are after Hung
 from __future__ import annotations
 
 import argparse
-import csv
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+from _tables import write_csv
 
 from fedinvert.attacks import ATTACKS
 from fedinvert.data import load_batch
@@ -156,14 +155,8 @@ def main() -> None:
                 gifd = next((r for r in cell if r["attack"] == "gifd"), None)
                 gap = f" (GIFD {gifd['psnr'] - best['psnr']:+.2f} dB)" if gifd and best is not gifd else ""
                 print(f"  {setting:<7} B={batch}: {best['attack']} {best['psnr']:.2f} dB{gap}")
-    if args.csv:
-        path = Path(args.csv)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"\nwrote {path}")
+    if args.csv and rows:
+        print(f"\nwrote {write_csv(rows, args.csv)}")
 
 
 if __name__ == "__main__":

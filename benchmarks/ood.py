@@ -22,12 +22,11 @@ victim at half width; seconds are the attack's own time.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+from _tables import fmt, write_csv
 
 from fedinvert.config import resolve_config
 from fedinvert.data import load_batch
@@ -101,10 +100,6 @@ def mapping_accuracy(result: Any, batch: int, image_size: int, seed: int) -> flo
     return sum(int(mapped[order[i]] == int(original[i])) for i in range(batch)) / batch
 
 
-def fmt(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group()
@@ -166,13 +161,7 @@ def main() -> None:
               f" {fmt(r['psnr'], '6.2f')} {fmt(r['ssim'], '6.3f')} {fmt(r['label_accuracy'], '5.2f')}"
               f" {fmt(r['seconds'], '5.0f')}  {r['note']}")
     if args.csv and rows:
-        path = Path(args.csv)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"\nwrote {path}")
+        print(f"\nwrote {write_csv(rows, args.csv)}")
 
 
 if __name__ == "__main__":

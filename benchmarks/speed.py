@@ -12,12 +12,11 @@ functional step). Compilation time is reported apart and excluded from ms/iterat
 from __future__ import annotations
 
 import argparse
-import csv
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _tables import write_csv
 
 from fedinvert.attacks import ATTACKS
 from fedinvert.attacks.objectives import total_variation
@@ -96,12 +95,7 @@ def main() -> None:
         rows.append(row)
         print(f"{name:<10} {batch:>3} {row['bare_ms']:>9.2f} {row['eager_ms']:>9.2f} {row['compiled_ms']:>12.2f}"
               f" {compile_s:>10.1f} {row['eager_over_bare']:>10.2f} {row['compiled_over_bare']:>13.2f}")
-    path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_csv(rows, args.csv)
     print(f"wrote {path}")
 
 

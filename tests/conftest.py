@@ -8,6 +8,16 @@ import torch
 torch.set_num_threads(int(os.environ.get("FEDINVERT_TEST_THREADS", "2")))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small networks on a shared 2-core machine run far faster on one thread (no OpenMP spin contention);
+    modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def fast_cfg():
     """Overrides that keep a run small: eager step, no progress bar."""

@@ -18,16 +18,13 @@ from fedinvert.observation import Observation
 from fedinvert.priors import FaceDCGAN, to_victim
 
 HAS_FACE_WHEEL = importlib.util.find_spec("gan_face_generate") is not None
-pytestmark = pytest.mark.skipif(not HAS_FACE_WHEEL, reason="gan-face-generate wheel not installed")
+pytestmark = [
+    pytest.mark.skipif(not HAS_FACE_WHEEL, reason="gan-face-generate wheel not installed"),
+    pytest.mark.usefixtures("one_thread"),
+]
 SIZE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ PERMUTATION = [3, 7, 1, 9, 0, 5, 2, 8, 6, 4]  # FL label of the prior's class c
 NORM = ((0.5,), (0.5,))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

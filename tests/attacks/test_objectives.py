@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -27,14 +26,7 @@ from fedinvert.fl.fedsgd import FedSGDClient
 from fedinvert.models import build_model
 from fedinvert.observation import Observation
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small convolutions run far faster on one thread than on two cores shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def t(*values: float) -> Tensor:

@@ -31,13 +31,7 @@ AGREEMENT_MARGIN = 0.1
 HAS_WEIGHTS = fashion_module.WEIGHTS_FILE.is_file() and quality.CLASSIFIER_FILE.is_file()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small networks on a shared 2-core machine: one thread avoids OpenMP spin contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
