@@ -110,17 +110,29 @@ def dummy_statistics(obs: Observation, *, samples: int = 64, seed: int = 0) -> t
     return probs.mean(0).cpu(), features[0].flatten(1).sum(1).mean().cpu()
 
 
+def _aggregated_clients(obs: Observation) -> int:
+    """K when the observation declares secure aggregation (the sum of K clients' updates), else 1."""
+    from fedinvert.defenses import DEFENSES
+
+    for spec in obs.defenses:
+        if spec.name in DEFENSES and getattr(DEFENSES.get(spec.name), "aggregates", False):
+            return int(spec.params.get("clients", 1))
+    return 1
+
+
 def _delta_scale(obs: Observation, batch_size: int, signal: Tensor, p_bar: Tensor) -> Tensor:
     """The factor α with −Δ ≈ α·(mean gradient) for a weight delta (FedAvg); count estimates need gradients.
 
     With known local training, α = lr × local steps (the mean of equal-size mini-batch gradients over an epoch
-    is the full-batch gradient). Otherwise α is estimated from the negative entries: when every class in the
+    is the full-batch gradient), times K for the sum of K securely aggregated clients of B/K samples each.
+    Otherwise α is estimated from the negative entries: when every class in the
     batch has a negative entry, ``Σ_{c: s_c < 0} |s_c| = α·(1 − Σ_{c: s_c < 0} p̄_c)``.
     """
     local = obs.local_training
     if local is not None:
-        steps = local.epochs * math.ceil(batch_size / local.batch_size)
-        return torch.tensor(local.lr * steps)
+        clients = _aggregated_clients(obs)
+        steps = local.epochs * math.ceil(batch_size // clients / local.batch_size)
+        return torch.tensor(local.lr * steps * clients)
     negative = signal < 0
     return signal[negative].abs().sum() / (1 - p_bar[negative].sum()).clamp(min=1e-3)
 
@@ -194,7 +206,8 @@ def count_aware(obs: Observation, batch_size: int) -> Tensor:
     ∇W reveal (`_refine_counts`). As ``p̄_c > 0``, a class needs at least ``⌈−B·∇b_c⌉`` images: this exact
     lower bound fixes most errors of the estimate on peaked (sigmoid, U(−0.5, 0.5)) victims. Without a bias
     the row sums, divided by the mean feature sum, stand in for ∇b (no lower bound, no refinement). A weight
-    delta is first turned into a gradient (`_delta_scale`).
+    delta is first turned into a gradient (`_delta_scale`); a declared secure aggregation of K equal clients
+    (a sum of K means) is divided by K.
     """
     weight, bias = _last_layer(obs)
     weight = weight.cpu()
@@ -205,6 +218,9 @@ def count_aware(obs: Observation, batch_size: int) -> Tensor:
     if obs.kind == "weight_delta":
         scale = _delta_scale(obs, batch_size, signal, p_bar)
         signal, weight = signal / scale, weight / scale
+    elif _aggregated_clients(obs) > 1:  # a sum of K means over B/K samples each = K × the mean over B
+        clients = _aggregated_clients(obs)
+        signal, weight = signal / clients, weight / clients
     counts = _allocate(signal, batch_size * (p_bar - signal), batch_size, exact=bias is not None)
     if bias is not None:
         counts = _refine_counts(obs, counts, weight, signal, p_bar, batch_size)
