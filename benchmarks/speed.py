@@ -3,7 +3,8 @@
 The bare loop is what research code does: forward, cross-entropy, `autograd.grad(create_graph=True)`, one
 global cosine over all parameter gradients plus TV, backward to the dummy image, signed Adam, box clamp.
 fedinvert runs the same computation through `InvertingGradients` (eager autograd and the compiled
-functional step). Compilation time is reported apart and excluded from ms/iteration.
+functional step). Compilation time is reported apart; ms/iteration is the marginal cost of one more iteration (a short and a
+long run differenced), so fixed per-run costs cancel for every column.
 
     python benchmarks/speed.py                  # lenet-dlg and convnet, B = 1 and 8, 32x32 (≈ 10 min here)
     python benchmarks/speed.py --iterations 400 --full   # adds resnet18 at B = 1, 8 and 32
@@ -49,16 +50,26 @@ def bare_loop(model, target, labels, shape, *, iterations: int, tv: float = 1e-4
 
 
 def fedinvert_loop(obs, *, iterations: int, compile: bool) -> tuple[float, float]:
-    """(seconds per iteration, compile seconds) of `InvertingGradients` on the same observation."""
-    attack = ATTACKS.build(
-        "inverting_gradients", iterations=iterations, restarts=1, compile=compile, device="cpu", log_every=iterations
-    )
-    start = time.perf_counter()
-    rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
-    wall = time.perf_counter() - start
-    compile_seconds = float(rec.extras.get("compile_seconds", 0.0))
-    # the first compiled call includes one step's work; count it as a normal step
-    return (wall - compile_seconds) / (iterations - (1 if compile else 0)), compile_seconds
+    """(seconds per iteration, compile seconds) of `InvertingGradients` on the same observation.
+
+    After a discarded warm-up run: two runs, a short one and one ``iterations`` longer; their time difference over ``iterations`` is the cost
+    of one more iteration, so the fixed costs of a run (copying the victim, evaluation, compilation) cancel.
+    """
+
+    def timed(n: int) -> tuple[float, float]:
+        attack = ATTACKS.build(
+            "inverting_gradients", iterations=n, restarts=1, compile=compile, device="cpu", log_every=n
+        )
+        start = time.perf_counter()
+        rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
+        compile_seconds = float(rec.extras.get("compile_seconds", 0.0))
+        return time.perf_counter() - start - compile_seconds, compile_seconds
+
+    warm = max(10, iterations // 4)
+    _, compile_seconds = timed(warm)  # the first run pays for compilation and warm-up; discarded
+    short, _ = timed(warm)
+    long, _ = timed(warm + iterations)
+    return (long - short) / iterations, compile_seconds
 
 
 def main() -> None:
