@@ -45,7 +45,14 @@ class Remapper:
         return self.model(_center(images01.to(device))).argmax(dim=1)
 
 
-_CACHE: dict[tuple[int, tuple[int, int, int], int, int, int], Remapper] = {}
+_CACHE: dict[tuple[object, ...], Remapper] = {}
+
+
+@torch.no_grad()
+def _fingerprint(prior: Prior) -> tuple[object, ...]:
+    """Identifies a prior's weights within a process (a fresh copy of the same weights gives the same key)."""
+    total = sum(float(p.double().sum()) for p in prior.parameters())
+    return (type(prior).__name__, sum(p.numel() for p in prior.parameters()), round(total, 6))
 
 
 def _center(images01: Tensor) -> Tensor:
@@ -87,8 +94,8 @@ def train_remapper(
     """Train a remapper (a ReLU LeNet-5, Adam with a one-cycle schedule) on ``samples`` fresh class-conditioned
     samples of ``prior`` — nothing else: the FL data never enter it.
 
-    Results are cached per (prior, image shape, samples, epochs, seed) for the life of the process: a sweep that
-    attacks many observations with one prior trains once.
+    Results are cached per (prior weights, image shape, samples, epochs, seed) for the life of the process: a
+    sweep that attacks many observations with one prior trains once.
 
     Raises:
         ConfigError: an unconditional prior or a non-positive budget.
@@ -98,7 +105,7 @@ def train_remapper(
     if samples < prior.num_classes or epochs < 1:
         raise ConfigError(f"the remapper needs ≥ {prior.num_classes} samples and ≥ 1 epoch")
     image_shape = tuple(int(s) for s in image_shape)  # type: ignore[assignment]
-    key = (id(prior), image_shape, samples, epochs, seed)
+    key = (*_fingerprint(prior), image_shape, samples, epochs, seed)
     if key in _CACHE:
         return _CACHE[key]
     generator = torch.Generator().manual_seed(seed)
