@@ -116,6 +116,20 @@ def test_gifd_at_the_priors_native_64_px(face):
 
 
 @needs_wheel
+def test_feature_lr_scale_touches_only_the_feature_stages(face, in_distribution):
+    _, _, obs = in_distribution
+    runs = {}
+    for scale in (1.0, 1e-9):
+        attack = gifd(face, steps_per_stage=6, restarts=1, stages=["z", "f1", "f2"], feature_lr_scale=scale)
+        runs[scale] = attack.reconstruct(obs, rng=torch.Generator().manual_seed(4))
+    # the latent stage is the same; with a vanishing feature rate the feature stages keep their start
+    assert runs[1e-9].stages[0].distance == pytest.approx(runs[1.0].stages[0].distance, rel=1e-5)
+    frozen = [s.distance for s in runs[1e-9].stages]
+    assert frozen[1] == pytest.approx(frozen[0], rel=1e-4) and frozen[2] == pytest.approx(frozen[0], rel=1e-4)
+    assert runs[1.0].stages[2].distance < frozen[0]
+
+
+@needs_wheel
 def test_l1_ball_and_sphere_hold_at_the_end_of_a_stage(face, in_distribution):
     _, _, obs = in_distribution
     attack = gifd(face, restarts=2)

@@ -81,6 +81,10 @@ class GIFD(GenerativeAttack):
         restarts: independent chains through all stages (official: 4).
         lr: Adam learning rate of the latent stage, and the base rate of the feature stages (0.1).
         feature_lr: ``relative`` or ``absolute`` (see above).
+        feature_lr_scale: a factor on the feature stages' learning rate only (1.0). On the face DCGAN at 32 px,
+            0.3 gained 0.7 dB on average over six private images (prior samples, LFW faces, photos; one photo
+            lost 1.2 dB): deep stages started from a good previous stage often never improve on their start at
+            the full rate.
         radius_mode: ``relative`` — radii are fractions of each sample's start ℓ1 norm — or ``absolute`` ℓ1 norms.
         radii: ℓ1 radius per feature stage, entry k−1 for stage k (at least up to the last stage run). None:
             relative mode uses 0.1, 0.3, 0.6, 1.0 spread over the prior's feature stages (exactly these for
@@ -122,6 +126,7 @@ class GIFD(GenerativeAttack):
         restarts: int = 4,
         lr: float = 0.1,
         feature_lr: str = "relative",
+        feature_lr_scale: float = 1.0,
         radius_mode: str = "relative",
         radii: list[float] | None = None,
         latent_radii: list[float] | None = None,
@@ -172,6 +177,7 @@ class GIFD(GenerativeAttack):
         self.remapper_epochs = check_count("remapper_epochs", remapper_epochs)
         self.lr = check_number("lr", lr, positive=True)
         self.feature_lr = check_choice("feature_lr", feature_lr, ["relative", "absolute"])
+        self.feature_lr_scale = check_number("feature_lr_scale", feature_lr_scale, positive=True)
         self.radius_mode = check_choice("radius_mode", radius_mode, ["relative", "absolute"])
         if not isinstance(ball, bool):
             raise ConfigError(f"attack.ball must be true or false, got {ball!r}")
@@ -302,7 +308,7 @@ class GIFD(GenerativeAttack):
                         k,
                         variables,
                         steps=steps,
-                        lr=self.lr,
+                        lr=self.lr if k == 0 else self.lr * self.feature_lr_scale,
                         schedule=self.schedule,
                         relative_lr=self.feature_lr == "relative",
                         radius=radius,
