@@ -113,6 +113,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated: {', '.join(SETTINGS)}")
     parser.add_argument("--attacks", default=None, help="comma-separated attack names (default: all seven)")
+    parser.add_argument("--feature-lr-scale", type=float, default=None,
+                        help="attack.feature_lr_scale for GIFD and its ablations (default: the attack's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", default="benchmarks/results/gen_gia.csv")
@@ -135,6 +137,9 @@ def main() -> None:
             obs = observe(private, labels, args.seed)
             for name in names:
                 kwargs, budget = plan[name]
+                if args.feature_lr_scale is not None and name.startswith("gifd") and name != "gifd-z":
+                    kwargs = {**kwargs, "feature_lr_scale": args.feature_lr_scale}
+                    budget += f", feature lr ×{args.feature_lr_scale:g}"
                 row = {"setting": setting, "B": batch, "attack": name, "budget": budget}
                 row.update(run_one(name, kwargs, prior, obs, private, labels, args.seed))
                 rows.append(row)
