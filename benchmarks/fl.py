@@ -76,15 +76,15 @@ SIZES = {
     ),
     "default": Size(
         name="default", images=4, image_size=32, epochs=[1, 2], local_batches=[1, 4], strengths=2,
-        defences=["gaussian_noise", "clipping", "pruning", "quantization", "soteria", "secure_aggregation", "dp_sgd"],
+        defences=list(DEFENCES),
         ig=["attack.iterations=480", "attack.restarts=1"],
         gifd=["attack.steps_per_stage=40", "attack.restarts=1"],
-        gifd_cells=[(1, 4), (2, 1)], gifd_strengths=[1],
+        gifd_cells=[(1, 4), (2, 1)], gifd_strengths=[0, 1],
         left_out=[
             "E = 5 and local batch 8 (--full); 4 private images instead of 8, 32 px",
             "IG 480 iterations, 1 restart instead of 4,800 × 4 (24,000 in the survey); GIFD 40 steps per stage,"
             " 1 restart instead of 1,000 × 4",
-            "the strongest defence setting; laplace_noise; GIFD only at the second strength of each defence",
+            "the strongest setting of each defence",
             "GIFD's Table III cells other than (E, b) = (1, 4) and (2, 1)",
         ],
     ),
