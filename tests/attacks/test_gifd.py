@@ -300,6 +300,9 @@ def test_cli_run_writes_stages(tmp_path, capsys):
     assert all(set(s) == {"stage", "distance", "psnr"} for s in metrics["stages"])
     assert metrics["iterations"] == 5 * 3 * 2
     assert metrics["distance"] == min(s["distance"] for s in metrics["stages"])
+    details = json.loads((out / "run.json").read_text())["attack_details"]
+    chosen = min(metrics["stages"], key=lambda s: s["distance"])["stage"]
+    assert details["stage"] == chosen and len(details["stage_summary"]) == 5
     # the runner refuses the attack without a prior
     assert main(["attack", "attack=gifd", "model=convnet", "dataset=synthetic", "image_size=16", "device=cpu",
                  f"out={tmp_path / 'none'}"]) == 2
