@@ -101,6 +101,8 @@ def test_resumed_training_continues_exactly(tmp_path):
     resumed.load(tmp_path / CHECKPOINT_FILE)
     assert resumed.step == 2
     assert resumed.train_step() == expected
+    # the average stays outside autograd: no graph chained through the steps
+    assert not any(p.requires_grad or p.grad_fn is not None for p in straight.ema.parameters())
     for a, b in zip(resumed.ema.state_dict().values(), straight.ema.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 

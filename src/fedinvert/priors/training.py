@@ -277,6 +277,7 @@ class GANTrainer:
         self.ema.load_state_dict(self.generator.state_dict())
         self.ema_start = self.step
 
+    @torch.no_grad()
     def _update_ema(self) -> None:
         since = self.step - self.ema_start
         decay = min(self.settings.ema_decay, (1.0 + since) / (10.0 + since))
