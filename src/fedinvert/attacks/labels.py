@@ -112,12 +112,9 @@ def dummy_statistics(obs: Observation, *, samples: int = 64, seed: int = 0) -> t
 
 def _aggregated_clients(obs: Observation) -> int:
     """K when the observation declares secure aggregation (the sum of K clients' updates), else 1."""
-    from fedinvert.defenses import DEFENSES
+    from fedinvert.defenses import declared_clients
 
-    for spec in obs.defenses:
-        if spec.name in DEFENSES and getattr(DEFENSES.get(spec.name), "aggregates", False):
-            return int(spec.params.get("clients", 1))
-    return 1
+    return declared_clients(obs.defenses)
 
 
 def _delta_scale(obs: Observation, batch_size: int, signal: Tensor, p_bar: Tensor) -> Tensor:
@@ -218,8 +215,7 @@ def count_aware(obs: Observation, batch_size: int) -> Tensor:
     if obs.kind == "weight_delta":
         scale = _delta_scale(obs, batch_size, signal, p_bar)
         signal, weight = signal / scale, weight / scale
-    elif _aggregated_clients(obs) > 1:  # a sum of K means over B/K samples each = K × the mean over B
-        clients = _aggregated_clients(obs)
+    elif (clients := _aggregated_clients(obs)) > 1:  # a sum of K means over B/K samples = K × the mean over B
         signal, weight = signal / clients, weight / clients
     counts = _allocate(signal, batch_size * (p_bar - signal), batch_size, exact=bias is not None)
     if bias is not None:

@@ -201,12 +201,10 @@ class GradientMatcher:
         self.replay: Callable[[list[Tensor]], list[Tensor]] | None = None
         self.clients = 1
         if adaptive:
-            from fedinvert.defenses import DEFENSES, replay_transform
+            from fedinvert.defenses import declared_clients, replay_transform
 
             self.replay = replay_transform(obs.defenses, names=self.names, observed=observed)
-            aggregation = [d for d in obs.defenses if DEFENSES.get(d.name).aggregates]  # type: ignore[attr-defined]
-            if aggregation:
-                self.clients = int(aggregation[0].params["clients"])
+            self.clients = declared_clients(obs.defenses)
             if not obs.defenses:
                 log.warning("attack.adaptive=true, but the observation declares no defences: nothing to replay")
         if self.local is not None and obs.batch_size:  # the schedule outside any (compiled, vmapped) step

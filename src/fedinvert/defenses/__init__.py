@@ -20,6 +20,7 @@ from fedinvert.defenses.pipeline import (
     RoundResult,
     build_defenses,
     client_count,
+    declared_clients,
     federated_round,
     replay_transform,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "Soteria",
     "build_defenses",
     "client_count",
+    "declared_clients",
     "federated_round",
     "register_defense",
     "replay_transform",

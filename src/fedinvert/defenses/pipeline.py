@@ -62,6 +62,14 @@ def client_count(defenses: Sequence[Defense]) -> int:
     return next((int(d.clients) for d in defenses if d.aggregates), 1)  # type: ignore[attr-defined]
 
 
+def declared_clients(specs: Sequence[DefenseSpec]) -> int:
+    """K as the attacker reads it from the declared defences: the ``clients`` of an aggregating one, else 1."""
+    for spec in specs:
+        if spec.name in DEFENSES and getattr(DEFENSES.get(spec.name), "aggregates", False):
+            return int(spec.params.get("clients", 1))
+    return 1
+
+
 def federated_round(
     *,
     client: Client,
