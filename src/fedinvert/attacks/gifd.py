@@ -234,7 +234,7 @@ class GIFD(GenerativeAttack):
             coarse = self._run_stages(obs, setup, latents, steps=self.coarse_steps, progress=progress, tag="coarse ")
             coarse_evaluations, coarse_history = coarse.evaluations, coarse.history
             if coarse.interrupted or not coarse.results:
-                setup, mapping = setup, {"skipped": "interrupted during the coarse pass"}
+                mapping = {"skipped": "interrupted during the coarse pass"}
             else:
                 best = min(coarse.results, key=lambda s: s.distance)
                 remapper = train_remapper(

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from fedinvert.errors import ConfigError
 from fedinvert.models import build_model
-from fedinvert.priors.adapter import convert_channels, resize
+from fedinvert.priors.adapter import to_victim
 from fedinvert.priors.base import Prior
 
 log = logging.getLogger(__name__)
@@ -68,16 +68,13 @@ def prior_samples(
         raise ConfigError("label mapping needs a class-conditional prior")
     labels = torch.arange(n) % prior.num_classes
     labels = labels[torch.randperm(n, generator=generator)]
+    identity = ((0.0,) * image_shape[0], (1.0,) * image_shape[0])  # sizes and channels only: stay in [0, 1]
     images = []
     for start in range(0, n, chunk):
         part = labels[start : start + chunk].to(prior.device)
         latent = prior.sample_latent(len(part), generator=generator)
-        x = prior(latent, prior.condition(part)).clamp(0, 1)
-        channels, height, width = image_shape
-        if channels < x.shape[1]:
-            x = convert_channels(x, channels)
-        x = convert_channels(resize(x, (height, width)), channels)
-        images.append(x)
+        images.append(to_victim(prior(latent, prior.condition(part)).clamp(0, 1), image_shape=image_shape,
+                                normalization=identity))
     return torch.cat(images), labels.to(prior.device)
 
 
