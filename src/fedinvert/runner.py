@@ -88,19 +88,6 @@ def apply_label_map(label_map: Any, labels: torch.Tensor, classes: int) -> tuple
     return torch.tensor(label_map, dtype=labels.dtype)[labels], max(label_map) + 1
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with tensors turned into lists and anything else JSON cannot hold into its ``repr``."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return repr(value)
-
-
 def build_scenario(cfg: dict[str, Any]) -> Scenario:
     """Data → victim → protocol → defences → Observation, following the config and threat model.
 
@@ -402,7 +389,7 @@ def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = Non
         "scenario": scenario.info,
         "timings": {"scenario_seconds": scenario_seconds, "attack_seconds": wall, "compile_seconds": compile_seconds},
         "interrupted": rec.interrupted,
-        "attack_details": json_safe(rec.extras),
+        "attack_details": dict(rec.extras),  # plain data; run.json writes anything else with str()
         "command": argv if argv is not None else sys.argv,
     }
     result = RunResult(config=cfg, metrics=metrics, reconstruction=rec, scenario=scenario, run_info=run_info)
