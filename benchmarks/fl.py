@@ -19,13 +19,11 @@ CSV (``--csv``), and lists what the chosen size left out.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from _tables import fmt, write_csv
+from _tables import fmt, parse_sized, sized_parser, write_csv
 
 from fedinvert.config import resolve_config
 from fedinvert.errors import FedinvertError
@@ -208,17 +206,12 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    size_group = parser.add_mutually_exclusive_group()
-    size_group.add_argument("--full", action="store_true", help="the paper-sized grid")
-    size_group.add_argument("--smoke", action="store_true", help="one cell of each kind, tiny budgets")
+    parser = sized_parser(__doc__, csv="benchmarks/results/fl.csv", full_help="the paper-sized grid",
+                          smoke_help="one cell of each kind, tiny budgets")
     parser.add_argument("--attacks", default="ig,gifd", help="comma-separated: ig, gifd")
     parser.add_argument("--parts", default="fedavg,defense", help="comma-separated: fedavg, defense")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--csv", default="benchmarks/results/fl.csv")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    size = SIZES["full" if args.full else "smoke" if args.smoke else "default"]
+    args, size_name = parse_sized(parser)
+    size = SIZES[size_name]
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     left_out = list(size.left_out)

@@ -18,12 +18,11 @@ table); seconds are the attack's own time on this machine. Scores are after Hung
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
 import torch
-from _tables import write_csv
+from _tables import parse_sized, sized_parser, write_csv
 
 from fedinvert.attacks import ATTACKS
 from fedinvert.data import load_batch
@@ -106,21 +105,15 @@ def run_one(name: str, kwargs: dict[str, Any], prior: Any, obs: Observation, pri
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--full", action="store_true", help="64 px and the official budgets (GPU-sized)")
-    group.add_argument("--smoke", action="store_true", help="tiny budgets, every path")
+    parser = sized_parser(__doc__, csv="benchmarks/results/gen_gia.csv",
+                          full_help="64 px and the official budgets (GPU-sized)", smoke_help="tiny budgets, every path")
     parser.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated: {', '.join(SETTINGS)}")
     parser.add_argument("--attacks", default=None, help="comma-separated attack names (default: all seven)")
     parser.add_argument("--feature-lr-scale", type=float, default=None,
                         help="attack.feature_lr_scale for GIFD and its ablations (default: the attack's)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--csv", default="benchmarks/results/gen_gia.csv")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    size = "full" if args.full else "smoke" if args.smoke else "default"
+    args, size = parse_sized(parser)
     image_size = 64 if args.full else 16 if args.smoke else 32
     plan = budgets(size)
     names = args.attacks.split(",") if args.attacks else list(plan)

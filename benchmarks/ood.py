@@ -22,12 +22,10 @@ victim at half width; seconds are the attack's own time.
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
-import torch
-from _tables import fmt, write_csv
+from _tables import fmt, parse_sized, sized_parser, write_csv
 
 from fedinvert.config import resolve_config
 from fedinvert.data import load_batch
@@ -110,21 +108,15 @@ def mapping_accuracy(result: Any, batch: int, image_size: int, seed: int) -> flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--full", action="store_true", help="official budgets (GPU-sized)")
-    group.add_argument("--smoke", action="store_true", help="tiny budgets, every path")
+    parser = sized_parser(__doc__, csv="benchmarks/results/ood.csv", full_help="official budgets (GPU-sized)",
+                          smoke_help="tiny budgets, every path")
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--parts", default="settings,mapping", help="comma-separated: settings, mapping")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--mapping-batches", type=int, default=6,
                         help="private batches per label-mapping cell at B = 1 (half as many at B > 1)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--csv", default="benchmarks/results/ood.csv")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    size = "full" if args.full else "smoke" if args.smoke else "default"
+    args, size = parse_sized(parser)
     image_size = 16 if args.smoke else 32
     plan = budgets(size)
     batches = [int(b) for b in args.batches.split(",")]
@@ -185,7 +177,7 @@ def main() -> None:
     if size != "full":
         print("left out at this size (--full runs them): the official budgets (GIFD 1,000 steps × 4 restarts a"
               " stage, GGL CMA-ES 800 × 50, IG 4,800 × 4); more than one private batch per"
-              " cell")
+              " cell of the settings part")
 
 
 if __name__ == "__main__":
