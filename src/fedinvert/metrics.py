@@ -272,3 +272,211 @@ def evaluate(
 
 def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values))
+
+
+# --- the no-leak reference (DESIGN §8) --------------------------------------------------------------------
+
+REFERENCE_KINDS = ("constant", "mean_image", "random_image")
+"""The no-leak guesses of ``no_leak_reference``, in the order a tie between their mean PSNRs is resolved."""
+
+
+def _scores(private: Tensor, guess: Tensor) -> dict[str, Tensor]:
+    return {"psnr": psnr_per_image(private, guess), "ssim": ssim_per_image(private, guess),
+            "mse": mse_per_image(private, guess)}
+
+
+def _summary(per_image: dict[str, Tensor]) -> dict[str, Any]:
+    return {
+        "psnr": float(per_image["psnr"].mean()),
+        "ssim": float(per_image["ssim"].mean()),
+        "mse": float(per_image["mse"].mean()),
+        "per_image_psnr": [float(v) for v in per_image["psnr"].tolist()],
+    }
+
+
+def no_leak_reference(
+    private: Tensor, public: Tensor, *, draws: int = 16, generator: torch.Generator | None = None
+) -> dict[str, Any]:
+    """What an attacker scores without the update: guesses built from public images only (DESIGN §8).
+
+    Three guesses, each scored against every private image with the ``evaluate`` metrics (PSNR capped at
+    100 dB, SSIM, MSE; no matching, a guess is the same for every slot):
+
+    - ``constant``: every pixel equals the public set's per-channel mean (the best constant image under MSE
+      for an attacker who knows only the public data);
+    - ``mean_image``: the pixelwise mean of the public images;
+    - ``random_image``: per private image, the mean score over ``draws`` public images drawn at random
+      (without replacement when the public set has at least ``draws`` images), i.e. what "a plausible image
+      of this data set" scores.
+
+    Args:
+        private: (B, C, H, W) private images in [0, 1].
+        public: (N, C, H, W) public images in [0, 1] of the same image shape — the data set's other split, or
+            the same split without the private indices; never the private batch itself.
+        draws: random public images per private image, ≥ 1 (16 or more recommended).
+        generator: random source for the draws; None uses a fresh generator seeded with 0, so the reference of
+            a batch is reproducible.
+
+    Returns:
+        A JSON-serialisable dict: for each kind in ``REFERENCE_KINDS`` ``{"psnr", "ssim", "mse",
+        "per_image_psnr": [B floats]}`` (means over the B private images; dB, [−1, 1], [0, 1]); ``psnr`` = the
+        best (highest) of the three mean PSNRs, ``ssim`` and ``mse`` of that same kind, ``best`` its name,
+        ``public_images`` = N and ``draws``.
+
+    Raises:
+        ValueError: shapes do not fit, an empty set, ``draws`` < 1, or NaN/inf in the images.
+    """
+    if private.dim() != 4 or public.dim() != 4 or private.shape[1:] != public.shape[1:]:
+        raise ValueError(
+            f"expected private (B, C, H, W) and public (N, C, H, W) images of the same shape, got"
+            f" {tuple(private.shape)} and {tuple(public.shape)}"
+        )
+    if len(private) == 0 or len(public) == 0:
+        raise ValueError("no_leak_reference needs at least one private and one public image")
+    if int(draws) < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    for what, images in (("private", private), ("public", public)):
+        if not torch.isfinite(images).all():
+            raise ValueError(f"the {what} images hold NaN or inf")
+    draws = int(draws)
+    private = private.detach().float().cpu()
+    public = public.detach().float().cpu()
+    batch = len(private)
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+
+    constant = public.mean(dim=(0, 2, 3), keepdim=True).expand_as(private)
+    mean_image = public.mean(dim=0, keepdim=True).expand_as(private)
+    if len(public) >= draws:
+        picks = torch.stack([torch.randperm(len(public), generator=generator)[:draws] for _ in range(batch)])
+    else:
+        picks = torch.randint(len(public), (batch, draws), generator=generator)
+    # score all B·draws (private, random public) pairs at once, then average the draws of each private image
+    repeated = private.repeat_interleave(draws, dim=0)
+    random_scores = {
+        name: values.view(batch, draws).mean(1)
+        for name, values in _scores(repeated, public[picks.flatten()]).items()
+    }
+
+    result: dict[str, Any] = {
+        "constant": _summary(_scores(private, constant.contiguous())),
+        "mean_image": _summary(_scores(private, mean_image.contiguous())),
+        "random_image": _summary(random_scores),
+    }
+    best = max(REFERENCE_KINDS, key=lambda kind: result[kind]["psnr"])  # first of equals wins
+    result.update(
+        psnr=result[best]["psnr"],
+        ssim=result[best]["ssim"],
+        mse=result[best]["mse"],
+        best=best,
+        public_images=len(public),
+        draws=draws,
+    )
+    return result
+
+
+def reference_image(reference_kind: str, public: Tensor) -> Tensor:
+    """The (1, C, H, W) guess of a deterministic reference kind (``constant`` or ``mean_image``), for figures.
+
+    Args:
+        reference_kind: ``"constant"`` or ``"mean_image"``.
+        public: (N, C, H, W) public images in [0, 1].
+    """
+    if reference_kind == "constant":
+        return public.float().mean(dim=(0, 2, 3), keepdim=True).expand(1, *public.shape[1:]).contiguous()
+    if reference_kind == "mean_image":
+        return public.float().mean(dim=0, keepdim=True)
+    raise ValueError(f"no single image for reference kind {reference_kind!r}; use 'constant' or 'mean_image'")
+
+
+def leakage_db(psnr: float | None, reference: dict[str, Any] | None) -> float | None:
+    """PSNR above the no-leak reference in dB: ``psnr − reference["psnr"]``; None when either is missing.
+
+    Positive values mean the update told the attacker more than public data alone; ≤ 0 means no leak measured.
+    """
+    if psnr is None or reference is None or reference.get("psnr") is None:
+        return None
+    return float(psnr) - float(reference["psnr"])
+
+
+def attach_reference(result: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
+    """Add the no-leak reference to an ``evaluate`` result, in place (the ``metrics.json`` keys).
+
+    Sets ``result["reference"]`` (the ``no_leak_reference`` dict or None), ``result["leakage_db"]`` and, on
+    every ``per_image`` row i, ``reference_psnr`` (the best kind's PSNR for private image i) and
+    ``leakage_db`` (the row's PSNR minus it), so the per-image leakages average to the overall one. Without a
+    reference every one of these is None.
+
+    Returns:
+        ``result`` itself.
+    """
+    result["reference"] = reference
+    result["leakage_db"] = leakage_db(result.get("psnr"), reference)
+    per_image_reference = None if reference is None else reference[reference["best"]]["per_image_psnr"]
+    for row in result.get("per_image", []):
+        if per_image_reference is None:
+            row["reference_psnr"] = None
+            row["leakage_db"] = None
+        else:
+            row["reference_psnr"] = float(per_image_reference[row["index"]])
+            row["leakage_db"] = float(row["psnr"]) - row["reference_psnr"]
+    return result
+
+
+# --- re-identification ----------------------------------------------------------------------------------
+
+REID_METRICS = ("mse", "ssim")
+
+
+def reid_top1(
+    private: Tensor, paired_reconstructions: Tensor, distractors: Tensor, *, metric: str = "mse"
+) -> float:
+    """Share of reconstructions whose nearest candidate is their own private image (re-identification, top-1).
+
+    For reconstruction i the candidates are private image i and the M distractors (images of the same data
+    set that are not in the private batch); with M = N − 1 distractors chance is 1 / N. A tie between the own
+    image and a distractor counts as a miss: an auditor could not tell the two apart.
+
+    Args:
+        private: (B, C, H, W) private images in [0, 1].
+        paired_reconstructions: (B, C, H, W) reconstructions in [0, 1], already matched, so that row i belongs
+            to private image i (``evaluate``'s ``order``).
+        distractors: (M, C, H, W) other images in [0, 1], M ≥ 0 (M = 0 gives 1.0 trivially).
+        metric: ``"mse"`` (nearest = lowest per-image MSE) or ``"ssim"`` (nearest = highest SSIM).
+
+    Returns:
+        The share in [0, 1].
+
+    Raises:
+        ValueError: shapes do not fit, or an unknown ``metric``.
+    """
+    _check_pair(private, paired_reconstructions)
+    if distractors.dim() != 4 or distractors.shape[1:] != private.shape[1:]:
+        raise ValueError(
+            f"distractors must be (M, C, H, W) images like the private ones {tuple(private.shape[1:])},"
+            f" got {tuple(distractors.shape)}"
+        )
+    if metric not in REID_METRICS:
+        raise ValueError(f"unknown re-identification metric {metric!r}; choose one of {', '.join(REID_METRICS)}")
+    private = private.detach().float().cpu()
+    rec = paired_reconstructions.detach().float().cpu()
+    others = distractors.detach().float().cpu()
+    if metric == "mse":
+        if len(others) == 0:
+            return 1.0
+        # both sides in float64 and the direct (not matrix-product) distance, so that an exact copy scores
+        # exactly 0 and the comparison is not decided by rounding
+        own = (private.double() - rec.double()).square().flatten(1).mean(1)
+        dist = torch.cdist(rec.flatten(1).double(), others.flatten(1).double(),
+                           compute_mode="donot_use_mm_for_euclid_dist")
+        nearest_other = (dist.square() / rec[0].numel()).min(dim=1).values
+        hits = own < nearest_other
+    else:
+        own = ssim_per_image(private, rec)
+        if len(others) == 0:
+            return 1.0
+        best_other = torch.stack([
+            ssim_per_image(r.expand_as(others), others).max() for r in rec.unsqueeze(1)
+        ])
+        hits = own > best_other
+    return float(hits.float().mean())

@@ -1,0 +1,182 @@
+"""The no-leak reference, leakage_db and re-identification: closed forms on constructed batches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fedinvert.metrics import (
+    attach_reference,
+    evaluate,
+    leakage_db,
+    no_leak_reference,
+    reference_image,
+    reid_top1,
+    ssim_per_image,
+)
+
+
+def db(mse: float) -> float:
+    return -10.0 * math.log10(mse)
+
+
+def halves(top: float, bottom: float, channels: int = 1, size: int = 4) -> torch.Tensor:
+    """A (1, C, size, size) image whose top half is ``top`` and bottom half ``bottom``."""
+    image = torch.full((1, channels, size, size), bottom)
+    image[..., : size // 2, :] = top
+    return image
+
+
+def checkerboard(low: float, high: float, size: int = 4) -> torch.Tensor:
+    rows = torch.arange(size).view(-1, 1)
+    cols = torch.arange(size).view(1, -1)
+    board = ((rows + cols) % 2).float()
+    return (low + (high - low) * board).view(1, 1, size, size)
+
+
+def test_reference_closed_form_mean_image_best() -> None:
+    # public A = (top 0.2, bottom 0.6), B = (0.4, 0.8): per-channel mean 0.5, mean image (0.3, 0.7)
+    public = torch.cat([halves(0.2, 0.6), halves(0.4, 0.8)])
+    private = halves(0.35, 0.65)
+    ref = no_leak_reference(private, public, draws=16)
+
+    assert ref["constant"]["mse"] == pytest.approx(0.15**2, rel=1e-5)
+    assert ref["constant"]["psnr"] == pytest.approx(db(0.0225), abs=1e-4)  # 16.48 dB
+    assert ref["mean_image"]["mse"] == pytest.approx(0.05**2, rel=1e-5)
+    assert ref["mean_image"]["psnr"] == pytest.approx(db(0.0025), abs=1e-4)  # 26.02 dB
+    # either public image is 0.05 off on one half and 0.15 on the other: MSE 0.0125 whatever is drawn
+    assert ref["random_image"]["mse"] == pytest.approx(0.0125, rel=1e-5)
+    assert ref["random_image"]["psnr"] == pytest.approx(db(0.0125), abs=1e-4)  # 19.03 dB
+    assert ref["best"] == "mean_image"
+    assert ref["psnr"] == ref["mean_image"]["psnr"]
+    assert ref["mse"] == ref["mean_image"]["mse"]
+    assert ref["ssim"] == pytest.approx(float(ssim_per_image(private, halves(0.3, 0.7))[0]))
+    assert ref["public_images"] == 2 and ref["draws"] == 16
+    assert ref["mean_image"]["per_image_psnr"] == [pytest.approx(db(0.0025), abs=1e-4)]
+
+
+def test_reference_closed_form_random_image_best() -> None:
+    # a checkerboard and its inverse: their mean (and per-channel mean) is flat grey 0.5
+    board = checkerboard(0.0, 1.0)
+    public = torch.cat([board, 1.0 - board])
+    private = 0.05 + 0.9 * board  # 0.05 / 0.95
+    ref = no_leak_reference(private, public, draws=2)  # draws = N: each public image exactly once
+
+    grey = db(0.45**2)  # 6.94 dB
+    near, far = db(0.05**2), db(0.95**2)  # 26.02 dB and 0.45 dB
+    assert ref["constant"]["psnr"] == pytest.approx(grey, abs=1e-4)
+    assert ref["mean_image"]["psnr"] == pytest.approx(grey, abs=1e-4)
+    assert ref["random_image"]["psnr"] == pytest.approx((near + far) / 2, abs=1e-4)  # 13.23 dB
+    assert ref["random_image"]["mse"] == pytest.approx((0.05**2 + 0.95**2) / 2, rel=1e-5)
+    assert ref["best"] == "random_image"
+    assert ref["psnr"] == pytest.approx(13.233, abs=1e-3)
+
+
+def test_reference_constant_is_the_per_channel_mean() -> None:
+    # three colour channels, every public image flat per channel; private images flat too
+    values = torch.tensor([[0.1, 0.5, 0.9], [0.3, 0.7, 0.5], [0.2, 0.3, 0.1]])  # (N=3, C=3)
+    public = values.view(3, 3, 1, 1).expand(3, 3, 8, 8).clone()
+    mean = values.mean(0)  # (0.2, 0.5, 0.5)
+    private = torch.tensor([[0.3, 0.5, 0.6], [0.2, 0.4, 0.5]]).view(2, 3, 1, 1).expand(2, 3, 8, 8).clone()
+    ref = no_leak_reference(private, public, draws=5)
+
+    expected = [float(((p - mean) ** 2).mean()) for p in private[:, :, 0, 0]]  # 0.02/3 and 0.01/3
+    assert ref["constant"]["per_image_psnr"] == [pytest.approx(db(m), abs=1e-4) for m in expected]
+    assert ref["constant"]["mse"] == pytest.approx(sum(expected) / 2, rel=1e-5)
+    # flat public images: the mean image is the constant image
+    assert ref["mean_image"]["per_image_psnr"] == pytest.approx(ref["constant"]["per_image_psnr"], abs=1e-4)
+    torch.testing.assert_close(reference_image("constant", public), mean.view(1, 3, 1, 1).expand(1, 3, 8, 8))
+    torch.testing.assert_close(reference_image("mean_image", public), mean.view(1, 3, 1, 1).expand(1, 3, 8, 8))
+
+
+def test_reference_random_draws_are_seeded_and_with_replacement_when_few() -> None:
+    g = torch.Generator().manual_seed(0)
+    public = torch.rand(40, 3, 8, 8, generator=g)
+    private = torch.rand(3, 3, 8, 8, generator=g)
+    a = no_leak_reference(private, public, draws=16, generator=torch.Generator().manual_seed(5))
+    b = no_leak_reference(private, public, draws=16, generator=torch.Generator().manual_seed(5))
+    c = no_leak_reference(private, public, draws=16, generator=torch.Generator().manual_seed(6))
+    assert a == b
+    assert a["random_image"]["psnr"] != c["random_image"]["psnr"]
+    assert no_leak_reference(private, public) == no_leak_reference(private, public)  # default seed 0
+    few = no_leak_reference(private, public[:3], draws=16)  # N < draws: drawn with replacement
+    assert few["draws"] == 16 and few["public_images"] == 3
+
+
+def test_reference_rejects_bad_input() -> None:
+    private = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="same shape"):
+        no_leak_reference(private, torch.rand(4, 1, 8, 8))
+    with pytest.raises(ValueError, match="draws"):
+        no_leak_reference(private, torch.rand(4, 3, 8, 8), draws=0)
+    with pytest.raises(ValueError, match="at least one"):
+        no_leak_reference(private, torch.rand(0, 3, 8, 8))
+    with pytest.raises(ValueError, match="NaN"):
+        no_leak_reference(private, torch.full((4, 3, 8, 8), math.nan))
+    with pytest.raises(ValueError, match="reference kind"):
+        reference_image("random_image", torch.rand(4, 3, 8, 8))
+
+
+def test_attach_reference_per_image_leakage_averages_to_the_total() -> None:
+    public = torch.cat([halves(0.2, 0.6), halves(0.4, 0.8)])
+    private = torch.cat([halves(0.35, 0.65), halves(0.25, 0.75)])
+    reconstruction = (private + 0.01).flip(0)  # 40 dB, in the wrong order
+    result = attach_reference(evaluate(private, reconstruction), no_leak_reference(private, public))
+
+    assert result["reference"]["best"] == "mean_image"
+    assert result["psnr"] == pytest.approx(40.0, abs=1e-3)
+    assert result["leakage_db"] == pytest.approx(40.0 - db(0.0025), abs=1e-3)  # 13.98 dB
+    rows = result["per_image"]
+    assert [row["reference_psnr"] for row in rows] == pytest.approx([db(0.0025)] * 2, abs=1e-4)
+    assert sum(row["leakage_db"] for row in rows) / 2 == pytest.approx(result["leakage_db"])
+    none = attach_reference(evaluate(private, reconstruction), None)
+    assert none["reference"] is None and none["leakage_db"] is None
+    assert none["per_image"][0]["reference_psnr"] is None and none["per_image"][0]["leakage_db"] is None
+
+
+def test_leakage_db_is_psnr_minus_reference() -> None:
+    assert leakage_db(21.0, {"psnr": 15.5}) == pytest.approx(5.5)
+    assert leakage_db(12.0, {"psnr": 15.5}) == pytest.approx(-3.5)
+    assert leakage_db(None, {"psnr": 15.5}) is None
+    assert leakage_db(21.0, None) is None
+
+
+def smooth(batch: int, seed: int, size: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("metric", ["mse", "ssim"])
+def test_reid_exact_copies_and_copies_of_a_distractor(metric: str) -> None:
+    private = smooth(4, 0)
+    distractors = smooth(99, 1)
+    assert reid_top1(private, private.clone(), distractors, metric=metric) == 1.0
+    # every reconstruction is some distractor: nobody is re-identified
+    assert reid_top1(private, distractors[[3, 10, 50, 98]], distractors, metric=metric) == 0.0
+    # two of four recovered: 0.5
+    mixed = torch.cat([private[:2], distractors[[7, 8]]])
+    assert reid_top1(private, mixed, distractors, metric=metric) == 0.5
+
+
+def test_reid_mse_nearest_decides_and_ties_are_misses() -> None:
+    private = torch.full((2, 1, 4, 4), 0.5)
+    private[1] = 0.2
+    distractors = torch.stack([torch.full((1, 4, 4), 0.62), torch.full((1, 4, 4), 0.0)])
+    rec = private + torch.tensor([0.1, 0.15]).view(2, 1, 1, 1)  # 0.6 (nearer 0.62 than 0.5), 0.35 (own)
+    assert reid_top1(private, rec, distractors) == 0.5
+    # a distractor identical to the private image: a tie, so not re-identified
+    assert reid_top1(private[:1], private[:1], private[:1].clone()) == 0.0
+    assert reid_top1(private, rec, distractors[:0]) == 1.0  # no distractors: trivially own
+
+
+def test_reid_rejects_bad_input() -> None:
+    private = smooth(2, 0)
+    with pytest.raises(ValueError, match="metric"):
+        reid_top1(private, private, smooth(3, 1), metric="lpips")
+    with pytest.raises(ValueError, match="distractors"):
+        reid_top1(private, private, torch.rand(3, 1, 16, 16))
+    with pytest.raises(ValueError, match="same shape"):
+        reid_top1(private, private[:1], smooth(3, 1))
