@@ -180,3 +180,48 @@ def test_reid_rejects_bad_input() -> None:
         reid_top1(private, private, torch.rand(3, 1, 16, 16))
     with pytest.raises(ValueError, match="same shape"):
         reid_top1(private, private[:1], smooth(3, 1))
+
+
+# --- the public pool and the distractors (fedinvert.data) --------------------------------------------
+
+
+def test_public_pool_of_a_one_split_set_leaves_out_the_private_images() -> None:
+    from fedinvert.data import load_batch, public_images, public_pool
+
+    pool = public_pool("photos", split=None, exclude_indices=[1, 2], image_size=16, seed=0)
+    assert pool.split == "test" and pool.indices == [0, *range(3, 11)] and pool.available == 9
+    assert pool.images.shape == (9, 3, 16, 16)
+    assert float(pool.images.min()) >= 0.0 and float(pool.images.max()) <= 1.0
+    every = load_batch("photos", batch_size=11, indices=list(range(11)), image_size=16).images
+    torch.testing.assert_close(pool.images, every[pool.indices])
+    assert "without the private images: 9 of 9" in pool.source
+    capped = public_pool("synthetic", exclude_indices=[5], count=20, seed=3, image_size=8, channels=1)
+    assert len(capped) == 20 and 5 not in capped.indices and capped.indices == sorted(capped.indices)
+    assert "seeded sample" in capped.source and capped.available == 999
+    again = public_images("synthetic", exclude_indices=[5], count=20, seed=3, image_size=8, channels=1)
+    torch.testing.assert_close(again, capped.images)
+    other = public_pool("synthetic", exclude_indices=[5], count=20, seed=4, image_size=8, channels=1)
+    assert other.indices != capped.indices
+
+
+def test_public_pool_of_a_two_split_set_is_the_other_split() -> None:
+    from fedinvert.data import public_pool
+    from fedinvert.errors import DataNotFoundError
+
+    try:
+        pool = public_pool("fashion-mnist", split="test", exclude_indices=[0], count=30, image_size=32, channels=3)
+    except DataNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed here")
+    assert pool.split == "train" and len(pool) == 30 and pool.available == 60000
+    assert pool.images.shape == (30, 3, 32, 32)
+    assert public_pool("fashion-mnist", split="train", count=5).split == "test"
+
+
+def test_distractors_come_from_the_private_split() -> None:
+    from fedinvert.data import distractor_pool
+
+    pool = distractor_pool("synthetic", exclude_indices=[0, 1], count=99, seed=0, image_size=8, channels=3)
+    assert len(pool) == 99 and not {0, 1} & set(pool.indices) and pool.extra_split is None
+    small = distractor_pool("photos", exclude_indices=[1], count=99, image_size=8)
+    assert len(small) == 10 and small.indices == [0, *range(2, 11)]
+    assert "10 of 10" in small.source

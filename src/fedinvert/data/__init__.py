@@ -5,7 +5,8 @@ Registered names: ``fashion-mnist`` (IDX files, Debian package ``dataset-fashion
 ``digits`` (scikit-learn), ``folder`` (any ImageFolder tree), ``cifar10`` / ``cifar100`` (the python
 pickle batches from a local path) and ``synthetic`` (smooth random images, for tests).
 
-`load_batch` draws a run's private batch; a data set's class gives the whole split as an `ImageSet`.
+`load_batch` draws a run's private batch, `public_pool` / `distractor_pool` the images the no-leak
+reference and the re-identification rate compare it with; a data set's class gives the whole split as an `ImageSet`.
 """
 
 from fedinvert.data.base import DATASETS, Dataset, ImageSet, UnlabelledDataset
@@ -14,7 +15,17 @@ from fedinvert.data.digits import Digits
 from fedinvert.data.fashion_mnist import FashionMNIST, read_idx
 from fedinvert.data.folder import ImageFolder
 from fedinvert.data.lfw import LFW
-from fedinvert.data.loader import Batch, build_dataset, default_normalization, load_batch, sample_indices
+from fedinvert.data.loader import (
+    Batch,
+    ImagePool,
+    build_dataset,
+    default_normalization,
+    distractor_pool,
+    load_batch,
+    public_images,
+    public_pool,
+    sample_indices,
+)
 from fedinvert.data.photos import PHOTO_ORDER, Photos
 from fedinvert.data.synthetic import Synthetic
 from fedinvert.data.transforms import convert_channels, resize, square_crop
@@ -30,6 +41,7 @@ __all__ = [
     "Digits",
     "FashionMNIST",
     "ImageFolder",
+    "ImagePool",
     "ImageSet",
     "Photos",
     "RestrictedUnpickler",
@@ -38,7 +50,10 @@ __all__ = [
     "build_dataset",
     "convert_channels",
     "default_normalization",
+    "distractor_pool",
     "load_batch",
+    "public_images",
+    "public_pool",
     "read_idx",
     "resize",
     "restricted_loads",

@@ -191,17 +191,198 @@ def load_batch(
         if unique_labels and len(np.unique(labels[chosen])) < batch_size:
             raise ConfigError(f"indices {chosen.tolist()} repeat a label, but unique_labels is set")
     subset = dataset.take(chosen, split=split)
-    images = subset.images
-    accepted = _constructor_keywords(name)
-    if image_size is not None and "image_size" not in accepted:
-        images = resize(images, image_size)
-    if channels is not None and "channels" not in accepted:
-        images = convert_channels(images, channels)
+    images = _at_run_shape(subset.images, name, image_size=image_size, channels=channels)
     return Batch(
-        images=images.contiguous(),
+        images=images,
         labels=subset.labels.to(torch.long),
         indices=chosen.tolist(),
         num_classes=dataset.num_classes,
         split=split,
         name=name,
+    )
+
+
+def _at_run_shape(images: Tensor, name: str, *, image_size: int | None, channels: int | None) -> Tensor:
+    """Resize and convert ``images`` of data set ``name`` where its constructor did not already do it."""
+    accepted = _constructor_keywords(name)
+    if image_size is not None and "image_size" not in accepted:
+        images = resize(images, image_size)
+    if channels is not None and "channels" not in accepted:
+        images = convert_channels(images, channels)
+    return images.contiguous()
+
+
+PUBLIC_POOL_SIZE = 1000
+"""Default cap on the public images of the no-leak reference: a seeded sample when the split is larger."""
+
+REID_DISTRACTORS = 99
+"""Default number of re-identification distractors: with the private image, 100 candidates (chance 1 %)."""
+
+
+@dataclass(frozen=True)
+class ImagePool:
+    """Images drawn from a data set for evaluation (public images or re-identification distractors).
+
+    Attributes:
+        images: (N, C, S, S) float32 in [0, 1], at the run's image size and channels.
+        split: the split they come from; ``indices`` index it (file order, ascending).
+        indices: their positions in ``split``.
+        available: how many images the source held before sampling (N ≤ available).
+        source: one line saying where they come from, e.g. ``"fashion-mnist train split: 1000 of 60000
+            (seeded sample)"``.
+        extra_split: for distractors topped up from the other split, that split and its indices there.
+        extra_indices: see ``extra_split``.
+    """
+
+    images: Tensor
+    split: str
+    indices: list[int]
+    available: int
+    source: str
+    extra_split: str | None = None
+    extra_indices: list[int] | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def _check_count(count: int, key: str) -> int:
+    return check_positive_int(count, key=key)
+
+
+def _sample(candidates: np.ndarray, count: int, seed: int, stream: str) -> np.ndarray:
+    """Up to ``count`` of ``candidates``, a seeded sample when there are more; ascending (file order)."""
+    if len(candidates) > count:
+        candidates = numpy_rng(seed, stream).choice(candidates, size=count, replace=False)
+    return np.sort(candidates).astype(np.int64)
+
+
+def _describe(name: str, split: str, taken: int, available: int, what: str) -> str:
+    sampled = " (seeded sample)" if taken < available else ""
+    return f"{name} {split} split{what}: {taken} of {available}{sampled}"
+
+
+def public_pool(
+    dataset_name: str,
+    *,
+    split: str | None = None,
+    exclude_indices: Sequence[int] = (),
+    count: int = PUBLIC_POOL_SIZE,
+    seed: int = 0,
+    image_size: int | None = None,
+    channels: int | None = None,
+    root: str | Path | None = None,
+    num_classes: int | None = None,
+) -> ImagePool:
+    """The public images of a run: what an attacker knows of the data without any update (DESIGN §8).
+
+    The data set's other split when it has one (for a private batch from ``test``, ``train``, and vice
+    versa); otherwise the private batch's own split without ``exclude_indices``. Larger sources are capped
+    at ``count`` images drawn from the seed's ``reference`` stream, so the pool of a run is reproducible and
+    cheap; only those images are read.
+
+    Args:
+        dataset_name: registry name of the data set of the private batch.
+        split: the private batch's split (None: the data set's default).
+        exclude_indices: the private batch's indices in ``split``; never part of the pool.
+        count: the most images to return, ≥ 1.
+        seed: the run's seed.
+        image_size, channels, root, num_classes: as for `load_batch` (the run's values).
+
+    Returns:
+        An `ImagePool` of (N, C, S, S) images in [0, 1], 0 ≤ N ≤ count (N = 0 when a one-split data set holds
+        nothing but the private batch).
+
+    Raises:
+        ConfigError, DataNotFoundError: as `load_batch`.
+    """
+    count = _check_count(count, "public image count")
+    dataset = build_dataset(dataset_name, root=root, image_size=image_size, channels=channels,
+                            num_classes=num_classes)
+    split = dataset.resolve_split(split)
+    other = next((s for s in dataset.splits if s != split), None)
+    if other is not None:
+        source_split, what = other, ""
+        candidates = np.arange(dataset.size(split=other), dtype=np.int64)
+    else:
+        source_split, what = split, " without the private images"
+        candidates = np.setdiff1d(np.arange(dataset.size(split=split), dtype=np.int64),
+                                  np.asarray(list(exclude_indices), dtype=np.int64))
+    chosen = _sample(candidates, count, seed, "reference")
+    images = _at_run_shape(dataset.take(chosen, split=source_split).images, dataset_name,
+                           image_size=image_size, channels=channels)
+    return ImagePool(
+        images=images,
+        split=source_split,
+        indices=chosen.tolist(),
+        available=len(candidates),
+        source=_describe(dataset_name, source_split, len(chosen), len(candidates), what),
+    )
+
+
+def public_images(
+    dataset_name: str,
+    *,
+    split: str | None = None,
+    exclude_indices: Sequence[int] = (),
+    count: int = PUBLIC_POOL_SIZE,
+    seed: int = 0,
+    image_size: int | None = None,
+    channels: int | None = None,
+    root: str | Path | None = None,
+    num_classes: int | None = None,
+) -> Tensor:
+    """The images of `public_pool` (same arguments): (N, C, S, S) float32 in [0, 1]."""
+    return public_pool(
+        dataset_name, split=split, exclude_indices=exclude_indices, count=count, seed=seed,
+        image_size=image_size, channels=channels, root=root, num_classes=num_classes,
+    ).images
+
+
+def distractor_pool(
+    dataset_name: str,
+    *,
+    split: str | None = None,
+    exclude_indices: Sequence[int] = (),
+    count: int = REID_DISTRACTORS,
+    seed: int = 0,
+    image_size: int | None = None,
+    channels: int | None = None,
+    root: str | Path | None = None,
+    num_classes: int | None = None,
+) -> ImagePool:
+    """Re-identification distractors: other images of the private batch's split (``metrics.reid_top1``).
+
+    ``count`` images of ``split`` without ``exclude_indices``, drawn from the seed's ``reid`` stream. When the
+    split holds fewer and the data set has another split, the rest comes from that split (``extra_split``);
+    otherwise the pool is simply smaller (e.g. the 10 other bundled photos), and ``source`` says so.
+
+    Args: as `public_pool`; ``count`` ≥ 1 is the number of distractors wanted (99 → 100 candidates).
+
+    Returns:
+        An `ImagePool` of (M, C, S, S) images in [0, 1], M ≤ count.
+    """
+    count = _check_count(count, "reid_distractors")
+    dataset = build_dataset(dataset_name, root=root, image_size=image_size, channels=channels,
+                            num_classes=num_classes)
+    split = dataset.resolve_split(split)
+    candidates = np.setdiff1d(np.arange(dataset.size(split=split), dtype=np.int64),
+                              np.asarray(list(exclude_indices), dtype=np.int64))
+    chosen = _sample(candidates, count, seed, "reid")
+    images = dataset.take(chosen, split=split).images
+    source = _describe(dataset_name, split, len(chosen), len(candidates), " without the private images")
+    other = next((s for s in dataset.splits if s != split), None)
+    extra: np.ndarray | None = None
+    if len(chosen) < count and other is not None:
+        extra = _sample(np.arange(dataset.size(split=other), dtype=np.int64), count - len(chosen), seed, "reid")
+        images = torch.cat([images, dataset.take(extra, split=other).images])
+        source += f"; {len(extra)} more from the {other} split"
+    return ImagePool(
+        images=_at_run_shape(images, dataset_name, image_size=image_size, channels=channels),
+        split=split,
+        indices=chosen.tolist(),
+        available=len(candidates),
+        source=source,
+        extra_split=None if extra is None else other,
+        extra_indices=None if extra is None else extra.tolist(),
     )
