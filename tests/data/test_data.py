@@ -429,7 +429,7 @@ def test_folder_of_grey_images_stays_grey(tmp_path: Path) -> None:
 def test_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError, match="does not exist"):
         load_batch("folder", batch_size=1, root=tmp_path / "missing")
-    with pytest.raises(DataNotFoundError, match="no class sub-folders"):
+    with pytest.raises(DataNotFoundError, match="has no images"):
         load_batch("folder", batch_size=1, root=tmp_path)
     (tmp_path / "empty_class").mkdir()
     with pytest.raises(DataNotFoundError, match="no images"):
