@@ -148,6 +148,51 @@ def batch_indices(
     )
 
 
+def extend_batches(
+    dataset: str,
+    batches: Sequence[Sequence[int]],
+    extra: int,
+    *,
+    seed: int = 0,
+    split: str | None = None,
+    root: str | None = None,
+) -> list[list[int]]:
+    """Each batch followed by ``extra`` more positions: the other clients' images under secure aggregation.
+
+    The extra positions come from a seeded permutation of the positions in no batch, taken in turn, so the
+    extended batches stay disjoint while that pool lasts and then reuse it; a batch that needs more than the
+    pool holds draws from every position outside itself instead (it then shares images with other batches).
+    Batch k's own positions stay first, so it pairs with the cells that ran batch k alone (`paired`).
+
+    Raises:
+        ConfigError: the split has fewer than ``len(batch) + extra`` images.
+    """
+    if extra <= 0:
+        return [list(b) for b in batches]
+    data = build_dataset(dataset, root=root)
+    split = data.resolve_split(split)
+    size = data.size(split=split)
+    used = {int(i) for b in batches for i in b}
+    rng = numpy_rng(seed, "benchmark-clients")
+    pool = [int(i) for i in rng.permutation(size) if int(i) not in used]
+    out, cursor = [], 0
+    for batch in batches:
+        own = [int(i) for i in batch]
+        if extra <= len(pool):
+            picks = [pool[(cursor + j) % len(pool)] for j in range(extra)]
+            cursor = (cursor + extra) % len(pool)
+        else:
+            rest = [int(i) for i in rng.permutation(size) if int(i) not in own]
+            if extra > len(rest):
+                raise ConfigError(
+                    f"dataset '{dataset}' split '{split}' holds {size} images; a batch of {len(own)} plus {extra}"
+                    " other clients' images needs more"
+                )
+            picks = rest[:extra]
+        out.append(own + picks)
+    return out
+
+
 # -- running a cell --------------------------------------------------------------------------------------
 def _required(metrics: dict[str, Any], key: str) -> Any:
     if key not in metrics:
@@ -223,12 +268,13 @@ def verdict(leakage: Interval) -> str:
     return NO_LEAK
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def summarize(rows: Sequence[dict[str, Any]], *, means: Sequence[str] = ()) -> dict[str, Any]:
     """The cell summary (``SUMMARY_FIELDS``) of per-batch rows from `run_cell`.
 
     ``reference_psnr``, ``reid_top1``, ``label_accuracy`` and ``seconds_mean`` are means over the batches;
     ``leakage_db`` ± ``leakage_ci95`` is the t-interval of the per-batch leakage; ``verdict`` says whether it
-    lies above 0 dB.
+    lies above 0 dB. Each key in ``means`` (a column that ``run_cell``'s ``extra`` added) is averaged too,
+    over the batches where it is not None.
     """
     if not rows:
         raise ValueError("summarize needs at least one batch")
@@ -246,6 +292,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "label_accuracy": _mean(rows, "label_accuracy"),
         "seconds_mean": _mean(rows, "seconds"),
         "verdict": verdict(leakage),
+        **{key: _mean(rows, key) for key in means},
     }
 
 
@@ -289,3 +336,8 @@ def fmt_interval(mean: float | None, half: float | None, spec: str = ".2f") -> s
     if half is None:
         return format(mean, spec)
     return f"{format(mean, spec)} ± {format(half, spec)}"
+
+
+def pair_label(a: str, b: str) -> str:
+    """How tables name the paired difference of cells ``a`` and ``b``."""
+    return f"{a} − {b}"

@@ -117,3 +117,18 @@ def test_batch_row_fails_loudly_without_the_reference():
         _stats.batch_row(SimpleNamespace(metrics=metrics))
     full = {**metrics, "reference": {"psnr": 11.0}, "leakage_db": 1.0, "reid_top1": 0.5}
     assert _stats.batch_row(SimpleNamespace(metrics=full))["reference_psnr"] == 11.0
+
+
+def test_extend_batches_adds_other_clients_after_the_own_images():
+    layout = _stats.batch_indices("lfw", n_batches=8, per_batch=4, seed=1)
+    own = {i for b in layout for i in b}
+    extended = _stats.extend_batches("lfw", layout, 4, seed=1)
+    assert all(e[:4] == b for e, b in zip(extended, layout, strict=True))
+    extras = [i for e in extended for i in e[4:]]
+    # 32 extra faces fit in the 68 that are in no batch: all distinct and none another batch's own
+    assert len(set(extras)) == 32 and not set(extras) & own
+    # more than the pool: each batch still holds distinct faces, its own first
+    big = _stats.extend_batches("lfw", layout, 70, seed=1)
+    assert all(len(set(e)) == 74 and e[:4] == b for e, b in zip(big, layout, strict=True))
+    with pytest.raises(ConfigError, match="100 images"):
+        _stats.extend_batches("lfw", layout, 97)
