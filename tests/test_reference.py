@@ -225,3 +225,66 @@ def test_distractors_come_from_the_private_split() -> None:
     small = distractor_pool("photos", exclude_indices=[1], count=99, image_size=8)
     assert len(small) == 10 and small.indices == [0, *range(2, 11)]
     assert "10 of 10" in small.source
+
+
+# --- the runner: metrics.json keys, re-attacked observations -------------------------------------------
+
+
+def _scenario(tmp_path=None):  # type: ignore[no-untyped-def]
+    from fedinvert.config import resolve_config
+    from fedinvert.runner import build_scenario
+
+    cfg = resolve_config(["dataset=synthetic", "dataset.indices=[3, 7]", "batch_size=2", "image_size=16",
+                          "channels=3", "model=lenet-dlg", "seed=1"])
+    return build_scenario(cfg), cfg
+
+
+def test_evaluate_run_reports_reference_leakage_and_reid() -> None:
+    from fedinvert.observation import Reconstruction, StageResult
+    from fedinvert.runner import evaluate_run
+
+    scenario, _ = _scenario()
+    private = scenario.private
+    close = (private + 0.02 * torch.randn(private.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    flat = torch.full_like(private, 0.5)
+    rec = Reconstruction(images=close.flip(0), labels=None, score=0.0,
+                         stages=[StageResult("early", flat, 1.0), StageResult("late", close, 0.5)])
+    m = evaluate_run(scenario, rec, settings={"reference_draws": 4, "reid_distractors": 30})
+
+    ref = m["reference"]
+    assert ref["public_images"] == 998 and ref["draws"] == 4 and "without the private images" in ref["source"]
+    assert ref["psnr"] == max(ref[k]["psnr"] for k in ("constant", "mean_image", "random_image"))
+    assert m["leakage_db"] == pytest.approx(m["psnr"] - ref["psnr"])
+    assert m["leakage_db"] > 10.0  # 2 % noise is ~34 dB; no public guess comes near
+    for row in m["per_image"]:
+        assert row["leakage_db"] == pytest.approx(row["psnr"] - row["reference_psnr"])
+    early, late = m["stages"]
+    assert early["leakage_db"] == pytest.approx(early["psnr"] - ref["psnr"])
+    assert early["leakage_db"] < late["leakage_db"]
+    assert m["reid_top1"] == 1.0 and m["reid_distractors"] == 30
+    assert m["lpips"] is None
+
+
+def test_reference_survives_saving_the_observation_and_is_null_without_it(tmp_path, caplog) -> None:
+    from fedinvert.observation import Reconstruction
+    from fedinvert.runner import evaluate_run, load_observation, save_observation
+
+    scenario, cfg = _scenario()
+    path = tmp_path / "observation.safetensors"
+    save_observation(path, scenario, cfg)
+    loaded = load_observation(path, cfg)
+    assert loaded.info["data"] == scenario.info["data"]
+    assert loaded.info["data"]["indices"] == [3, 7] and loaded.info["data"]["image_size"] == 16
+
+    loaded.private = scenario.private  # as when tensors.safetensors lies beside it
+    rec = Reconstruction(images=scenario.private.clone(), labels=None, score=0.0)
+    again = evaluate_run(loaded, rec, settings={"reference_draws": 4, "reid_distractors": 5})
+    first = evaluate_run(scenario, rec, settings={"reference_draws": 4, "reid_distractors": 5})
+    assert again["reference"] == first["reference"] and again["reid_top1"] == 1.0
+
+    loaded.info.pop("data")  # an observation saved before the data set was recorded
+    with caplog.at_level("WARNING", logger="fedinvert.runner"):
+        old = evaluate_run(loaded, rec)
+    assert old["reference"] is None and old["leakage_db"] is None and old["reid_top1"] is None
+    assert old["per_image"][0]["leakage_db"] is None
+    assert "no no-leak reference" in caplog.text

@@ -29,6 +29,7 @@ from fedinvert import metrics as metrics_mod
 from fedinvert.attacks import ATTACKS, Attack
 from fedinvert.attacks.base import resolve_device
 from fedinvert.config import resolve_keywords
+from fedinvert.config.schema import DEFAULTS as _CONFIG_DEFAULTS
 from fedinvert.data import default_normalization, load_batch
 from fedinvert.data.base import DATASETS
 from fedinvert.defenses import build_defenses, client_count, federated_round
@@ -40,6 +41,9 @@ from fedinvert.report import save_grid, save_loss_plot
 from fedinvert.seeding import generator, stream_seed
 
 log = logging.getLogger(__name__)
+
+METRICS_DEFAULTS: dict[str, Any] = _CONFIG_DEFAULTS["metrics"]
+"""The ``metrics`` config mapping's defaults, for callers of `evaluate_run` without a config."""
 
 PROTOCOLS: dict[str, type[FedSGDClient] | type[FedAvgClient]] = {"fedsgd": FedSGDClient, "fedavg": FedAvgClient}
 
@@ -201,6 +205,17 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
         "defenses": [{"name": s.name, "params": s.params} for s in specs],
         "clients": clients,
         **result.info,
+        # what evaluation needs to draw the no-leak reference's public images and the re-identification
+        # distractors; stored in observation.safetensors too, so a re-attack can score against them
+        "data": {
+            "dataset": ds_name,
+            "split": batch.split,
+            "indices": batch.indices,
+            "image_size": int(height),
+            "channels": int(channels),
+            "root": None if ds_cfg.get("root") is None else str(ds_cfg["root"]),
+            "seed": seed,
+        },
     }
     return Scenario(observation=obs, private=images, private_labels=labels, granted=frozenset(granted), info=info)
 
@@ -224,6 +239,7 @@ def save_observation(path: Path, scenario: Scenario, cfg: dict[str, Any]) -> Non
         "loss": obs.loss,
         "local_training": asdict(obs.local_training) if obs.local_training is not None else None,
         "defenses": [{"name": d.name, "params": d.params} for d in obs.defenses],
+        "data": scenario.info.get("data"),  # data-set facts for the no-leak reference (None if unknown)
     }
     save_file(tensors, str(path), metadata={"fedinvert": json.dumps(meta)})
 
@@ -276,7 +292,7 @@ def load_observation(path: str | Path, cfg: dict[str, Any]) -> Scenario:
     granted = {Capability.PRIOR} if cfg.get("prior") else set()
     return Scenario(
         observation=obs, private=private, private_labels=private_labels, granted=frozenset(granted),
-        info={"observation": str(path)},
+        info={"observation": str(path), "data": meta.get("data")},
     )
 
 
@@ -309,8 +325,56 @@ def build_prior_from_config(cfg: dict[str, Any], *, device: torch.device) -> Any
 
 
 # -- evaluation ----------------------------------------------------------------------------------------
-def evaluate_run(scenario: Scenario, rec: Reconstruction) -> dict[str, Any]:
-    """Match, then score (DESIGN §8); GIFD's stages are matched and scored on their own."""
+def _no_leak_data(
+    scenario: Scenario, settings: dict[str, Any]
+) -> tuple[dict[str, Any] | None, Any, Any]:
+    """(reference, public pool, distractor pool) for the private batch, or Nones with a logged reason."""
+    from fedinvert.data import distractor_pool, public_pool
+
+    data = scenario.info.get("data")
+    if scenario.private is None:
+        return None, None, None
+    if not data:
+        log.warning("no no-leak reference: the observation does not say which data set its batch came from")
+        return None, None, None
+    common = {
+        "split": data["split"],
+        "exclude_indices": data["indices"],
+        "seed": int(data.get("seed", 0)),
+        "image_size": data["image_size"],
+        "channels": data["channels"],
+        "root": data.get("root"),
+    }
+    try:
+        public = public_pool(data["dataset"], **common)
+        distractors = distractor_pool(data["dataset"], count=int(settings["reid_distractors"]), **common)
+    except FedinvertError as err:  # e.g. the other split's files are not on this machine
+        log.warning("no no-leak reference: %s", err)
+        return None, None, None
+    if len(public) == 0 or public.images.shape[1:] != scenario.private.shape[1:]:
+        log.warning("no no-leak reference: %s gives no public images of the batch's shape", data["dataset"])
+        return None, None, distractors
+    reference = metrics_mod.no_leak_reference(
+        scenario.private,
+        public.images,
+        draws=int(settings["reference_draws"]),
+        generator=generator(int(data.get("seed", 0)), "reference"),
+    )
+    reference["source"] = public.source
+    return reference, public, distractors
+
+
+def evaluate_run(
+    scenario: Scenario, rec: Reconstruction, *, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Match, then score (DESIGN §8); GIFD's stages are matched and scored on their own.
+
+    Besides ``evaluate``'s numbers: the no-leak ``reference`` of the private batch (public images from the data
+    set's other split, or its own split without the batch), ``leakage_db`` overall, per image and per stage,
+    ``reid_top1`` against ``reid_distractors`` images of the batch's split, ``st_lpips`` and ``lpips``
+    (None when not available). ``settings`` is the config's ``metrics`` mapping.
+    """
+    settings = {**METRICS_DEFAULTS, **(settings or {})}
     obs = scenario.observation
     if scenario.private is None:
         result: dict[str, Any] = {"psnr": None, "ssim": None, "mse": None, "label_accuracy": None, "per_image": []}
@@ -323,6 +387,16 @@ def evaluate_run(scenario: Scenario, rec: Reconstruction) -> dict[str, Any]:
             model=obs.model,
             normalization=obs.normalization,
         )
+    reference, _, distractors = _no_leak_data(scenario, settings)
+    metrics_mod.attach_reference(result, reference)
+    result["reid_top1"] = result["reid_distractors"] = result["reid_source"] = None
+    result["st_lpips"] = result["lpips"] = None
+    if scenario.private is not None:
+        paired = rec.images.detach().float().cpu()[torch.as_tensor(result["order"])]
+        if distractors is not None:
+            result["reid_top1"] = metrics_mod.reid_top1(scenario.private, paired, distractors.images)
+            result["reid_distractors"] = len(distractors)
+            result["reid_source"] = distractors.source
     if rec.stages:
         stages = []
         for stage in rec.stages:
@@ -330,7 +404,8 @@ def evaluate_run(scenario: Scenario, rec: Reconstruction) -> dict[str, Any]:
             if scenario.private is not None:
                 order = metrics_mod.match(scenario.private, stage.images)
                 psnr = float(metrics_mod.psnr_per_image(scenario.private, stage.images[order]).mean())
-            stages.append({"stage": stage.name, "distance": float(stage.distance), "psnr": psnr})
+            stages.append({"stage": stage.name, "distance": float(stage.distance), "psnr": psnr,
+                           "leakage_db": metrics_mod.leakage_db(psnr, reference)})
         result["stages"] = stages
     return result
 
@@ -372,7 +447,7 @@ def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = Non
     rec = attack.reconstruct(scenario.observation, rng=rng, progress=bool(cfg.get("progress")))
     wall = time.perf_counter() - t1
     compile_seconds = float(rec.extras.get("compile_seconds", 0.0))
-    metrics = evaluate_run(scenario, rec)
+    metrics = evaluate_run(scenario, rec, settings=cfg.get("metrics"))
     metrics.update({"seconds": wall - compile_seconds, "compile_seconds": compile_seconds, "iterations": rec.iterations,
                     "distance": rec.score})
     run_info = {
