@@ -62,9 +62,20 @@ def _summary(result) -> str:  # type: ignore[no-untyped-def]
 
     where = f"  run folder: {result.out}" if result.out else ""
     flag = "  (interrupted: best so far)" if result.reconstruction.interrupted else ""
+    reference, leakage = m.get("reference"), m.get("leakage_db")
+    if reference is None or leakage is None:
+        against = ""
+    elif leakage > 0:
+        against = f" (+{leakage:.1f} over the no-leak reference {reference['psnr']:.1f})"
+    else:
+        against = f" (no leak measured: {leakage:+.1f} vs the no-leak reference {reference['psnr']:.1f})"
+    reid = ""
+    if m.get("reid_top1") is not None:
+        reid = f"  re-id {m['reid_top1']:.2f} (chance {1 / (m['reid_distractors'] + 1):.2f})"
+    perceptual = "" if m.get("st_lpips") is None else f"  ST-LPIPS {m['st_lpips']:.3f}"
     return (
-        f"PSNR {fmt('psnr', '.2f')} dB  SSIM {fmt('ssim', '.3f')}  label acc {fmt('label_accuracy', '.2f')}"
-        f"  {fmt('seconds', '.1f')} s{where}{flag}"
+        f"PSNR {fmt('psnr', '.2f')} dB{against}  SSIM {fmt('ssim', '.3f')}{reid}{perceptual}"
+        f"  label acc {fmt('label_accuracy', '.2f')}  {fmt('seconds', '.1f')} s{where}{flag}"
     )
 
 
