@@ -288,3 +288,29 @@ def test_reference_survives_saving_the_observation_and_is_null_without_it(tmp_pa
     assert old["reference"] is None and old["leakage_db"] is None and old["reid_top1"] is None
     assert old["per_image"][0]["leakage_db"] is None
     assert "no no-leak reference" in caplog.text
+
+
+def test_reconstruction_figure_shows_the_reference_row_and_caption(tmp_path) -> None:
+    from PIL import Image
+
+    from fedinvert.observation import Reconstruction
+    from fedinvert.report import leakage_caption
+    from fedinvert.runner import RunResult, evaluate_run, reference_row, write_run_folder
+
+    scenario, cfg = _scenario()
+    rec = Reconstruction(images=scenario.private.flip(0).clone(), labels=None, score=0.0)
+    metrics = evaluate_run(scenario, rec, settings={"reference_draws": 4, "reid_distractors": 5})
+    guess, kind = reference_row(scenario, metrics)
+    assert kind in ("constant", "mean_image") and guess.shape == (1, 3, 16, 16)
+    assert metrics["reference"][kind]["psnr"] <= metrics["reference"]["psnr"]
+    lines = leakage_caption(metrics)
+    assert lines[0] == f"PSNR {metrics['psnr']:.2f} dB"
+    assert lines[1].startswith(f"no-leak reference {metrics['reference']['psnr']:.2f} dB")
+    assert lines[2] == f"leakage {metrics['leakage_db']:+.2f} dB"
+
+    out = tmp_path / "run"
+    write_run_folder(out, RunResult(config=cfg, metrics=metrics, reconstruction=rec, scenario=scenario))
+    with Image.open(out / "reconstruction.png") as png:
+        height = png.height
+    tile = 16 * 4 + 2  # 16 px images are shown 4x, 2 px apart
+    assert height == 2 + 3 * tile + 14 * len(lines)  # private, reconstructed, no-leak guess; the caption

@@ -37,7 +37,7 @@ from fedinvert.errors import CheckpointError, ConfigError, FedinvertError
 from fedinvert.fl import GUESSED_LOCAL_TRAINING, FedAvgClient, FedSGDClient, split_clients
 from fedinvert.models import build_model
 from fedinvert.observation import Capability, DefenseSpec, LocalTraining, Observation, Reconstruction
-from fedinvert.report import save_grid, save_loss_plot
+from fedinvert.report import leakage_caption, save_grid, save_loss_plot
 from fedinvert.seeding import generator, stream_seed
 
 log = logging.getLogger(__name__)
@@ -325,6 +325,34 @@ def build_prior_from_config(cfg: dict[str, Any], *, device: torch.device) -> Any
 
 
 # -- evaluation ----------------------------------------------------------------------------------------
+def _pool_options(data: dict[str, Any]) -> dict[str, Any]:
+    """`public_pool` / `distractor_pool` keywords from the data-set facts of ``Scenario.info["data"]``."""
+    return {
+        "split": data["split"],
+        "exclude_indices": data["indices"],
+        "seed": int(data.get("seed", 0)),
+        "image_size": data["image_size"],
+        "channels": data["channels"],
+        "root": data.get("root"),
+    }
+
+
+def reference_row(scenario: Scenario, metrics: dict[str, Any]) -> tuple[Tensor, str] | None:
+    """The better-scoring single no-leak guess (``constant`` or ``mean_image``) as (1, C, H, W) in [0, 1] and
+    its kind, for figures; None without a reference. Rebuilds the run's (seeded, hence identical) public pool."""
+    from fedinvert.data import public_pool
+
+    reference, data = metrics.get("reference"), scenario.info.get("data")
+    if reference is None or not data:
+        return None
+    kind = max(("constant", "mean_image"), key=lambda k: reference[k]["psnr"])
+    try:
+        public = public_pool(data["dataset"], **_pool_options(data))
+    except FedinvertError:
+        return None
+    return metrics_mod.reference_image(kind, public.images), kind
+
+
 def _no_leak_data(
     scenario: Scenario, settings: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, Any, Any]:
@@ -337,14 +365,7 @@ def _no_leak_data(
     if not data:
         log.warning("no no-leak reference: the observation does not say which data set its batch came from")
         return None, None, None
-    common = {
-        "split": data["split"],
-        "exclude_indices": data["indices"],
-        "seed": int(data.get("seed", 0)),
-        "image_size": data["image_size"],
-        "channels": data["channels"],
-        "root": data.get("root"),
-    }
+    common = _pool_options(data)
     try:
         public = public_pool(data["dataset"], **common)
         distractors = distractor_pool(data["dataset"], count=int(settings["reid_distractors"]), **common)
@@ -511,7 +532,12 @@ def _write_contents(folder: Path, result: RunResult) -> None:
     order = result.metrics.get("order")
     if scenario.private is not None and order is not None:
         matched = rec.images[torch.as_tensor(order)]
-        save_grid(folder / "reconstruction.png", [scenario.private, matched], labels=["private", "reconstructed"])
+        rows, names = [scenario.private, matched], ["private", "reconstructed"]
+        guess = reference_row(scenario, result.metrics)
+        if guess is not None:
+            rows.append(guess[0])
+            names.append(f"no-leak ({guess[1].replace('_', ' ')})")
+        save_grid(folder / "reconstruction.png", rows, labels=names, caption=leakage_caption(result.metrics))
     else:
         save_grid(folder / "reconstruction.png", [rec.images], labels=["reconstructed"])
     if rec.stages:

@@ -20,11 +20,17 @@ def _to_uint8(images: Tensor) -> np.ndarray:
 
 
 def image_grid(
-    rows: Sequence[Tensor], *, labels: Sequence[str] | None = None, scale: int | None = None, pad: int = 2
+    rows: Sequence[Tensor],
+    *,
+    labels: Sequence[str] | None = None,
+    scale: int | None = None,
+    pad: int = 2,
+    caption: Sequence[str] | str | None = None,
 ) -> Image.Image:
     """One row per tensor of (B, C, H, W) images in [0, 1]; an optional text label left of each row.
 
     Small images are upscaled by an integer ``scale`` (default: to at least 64 px) with nearest neighbour.
+    ``caption`` (a line or a list of lines) is written below the rows; the canvas widens to fit it.
     """
     if not rows:
         raise ValueError("image_grid needs at least one row")
@@ -33,7 +39,13 @@ def image_grid(
     h, w = height * scale, width * scale
     columns = max(r.shape[0] for r in rows)
     label_width = 0 if labels is None else 8 + 7 * max(len(t) for t in labels)
-    canvas = Image.new("RGB", (label_width + columns * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
+    lines = [caption] if isinstance(caption, str) else list(caption or [])
+    line_height = 14
+    grid_width = label_width + columns * (w + pad) + pad
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max((int(measure.textlength(line)) + 8 for line in lines), default=0)
+    grid_height = len(rows) * (h + pad) + pad
+    canvas = Image.new("RGB", (max(grid_width, text_width), grid_height + line_height * len(lines)), "white")
     draw = ImageDraw.Draw(canvas)
     for r, row in enumerate(rows):
         top = pad + r * (h + pad)
@@ -42,11 +54,38 @@ def image_grid(
         for c, image in enumerate(_to_uint8(row)):
             tile = Image.fromarray(image).resize((w, h), Image.NEAREST)
             canvas.paste(tile, (label_width + pad + c * (w + pad), top))
+    for i, line in enumerate(lines):
+        draw.text((4, grid_height + i * line_height + 1), line, fill="black")
     return canvas
 
 
-def save_grid(path: str | Path, rows: Sequence[Tensor], *, labels: Sequence[str] | None = None) -> None:
-    image_grid(rows, labels=labels).save(path)
+def save_grid(
+    path: str | Path,
+    rows: Sequence[Tensor],
+    *,
+    labels: Sequence[str] | None = None,
+    caption: Sequence[str] | str | None = None,
+) -> None:
+    """`image_grid` written to ``path`` (PNG)."""
+    image_grid(rows, labels=labels, caption=caption).save(path)
+
+
+def leakage_caption(metrics: dict[str, Any]) -> list[str]:
+    """The caption lines of ``reconstruction.png``: PSNR, the no-leak reference and the leakage, in dB.
+
+    ``metrics`` is a ``metrics.json`` mapping; missing numbers are left out (an empty list without a PSNR).
+    """
+    psnr = metrics.get("psnr")
+    if psnr is None:
+        return []
+    lines = [f"PSNR {psnr:.2f} dB"]
+    reference, leakage = metrics.get("reference"), metrics.get("leakage_db")
+    if reference is not None and leakage is not None:
+        lines.append(f"no-leak reference {reference['psnr']:.2f} dB ({reference['best'].replace('_', ' ')})")
+        lines.append(f"leakage {leakage:+.2f} dB" if leakage > 0 else f"leakage {leakage:+.2f} dB: no leak measured")
+    if metrics.get("reid_top1") is not None:
+        lines.append(f"re-id {metrics['reid_top1']:.2f} among {metrics['reid_distractors'] + 1}")
+    return lines
 
 
 def save_loss_plot(path: str | Path, history: Sequence[dict[str, Any]], *, title: str = "") -> None:
