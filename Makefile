@@ -34,9 +34,14 @@ data:
 		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' or set FEDINVERT_DATA to a folder holding the four IDX .gz files"; \
 	fi
 
+# ST-LPIPS weights (fedinvert.perceptual reads its .pth files, never its code, which imports torchvision).
+$(VENV)/.st-lpips: $(VENV)/.torch
+	$(PIP) install -q --no-deps stlpips-pytorch==0.0.2
+	@touch $@
+
 face-gan: $(VENV)/.face-gan
 
-setup: $(VENV)/.package $(VENV)/.face-gan data
+setup: $(VENV)/.package $(VENV)/.face-gan $(VENV)/.st-lpips data
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" --durations=15

@@ -353,6 +353,29 @@ def reference_row(scenario: Scenario, metrics: dict[str, Any]) -> tuple[Tensor, 
     return metrics_mod.reference_image(kind, public.images), kind
 
 
+def _perceptual(private: Tensor, paired: Tensor, settings: dict[str, Any]) -> dict[str, list[float] | None]:
+    """Per-image ``st_lpips`` and ``lpips`` (None where not available or not asked for; the reason is logged)."""
+    from fedinvert import perceptual
+
+    scores: dict[str, list[float] | None] = {"st_lpips": None, "lpips": None}
+    if settings.get("st_lpips"):
+        try:
+            values = perceptual.st_lpips(private, paired)
+        except (FedinvertError, ValueError) as err:
+            log.warning("no ST-LPIPS: %s", err)
+        else:
+            if values is None:
+                log.info("no ST-LPIPS: install its weights with pip install --no-deps stlpips-pytorch==0.0.2")
+            else:
+                scores["st_lpips"] = values.tolist()
+    if settings.get("lpips_weights"):
+        try:
+            scores["lpips"] = perceptual.lpips(private, paired, settings["lpips_weights"]).tolist()
+        except (FedinvertError, ValueError) as err:
+            log.warning("no LPIPS: %s", err)
+    return scores
+
+
 def _no_leak_data(
     scenario: Scenario, settings: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, Any, Any]:
@@ -414,6 +437,10 @@ def evaluate_run(
     result["st_lpips"] = result["lpips"] = None
     if scenario.private is not None:
         paired = rec.images.detach().float().cpu()[torch.as_tensor(result["order"])]
+        for name, values in _perceptual(scenario.private, paired, settings).items():
+            result[name] = None if values is None else float(sum(values) / len(values))
+            for row in result["per_image"]:
+                row[name] = None if values is None else float(values[row["index"]])
         if distractors is not None:
             result["reid_top1"] = metrics_mod.reid_top1(scenario.private, paired, distractors.images)
             result["reid_distractors"] = len(distractors)
