@@ -136,8 +136,9 @@ def match(private: Tensor, reconstructed: Tensor) -> Tensor:
         raise ValueError(
             f"cannot match {len(private)} private images with only {len(reconstructed)} reconstructions"
         )
-    p = private.detach().flatten(1).double()
-    r = reconstructed.detach().flatten(1).double().to(p.device)
+    # the assignment is solved on the host: move there first, then widen (no float64 copy on a GPU)
+    p = private.detach().flatten(1).cpu().double()
+    r = reconstructed.detach().flatten(1).cpu().double()
     # the direct (not matrix-product) form keeps MSE 0 exact for identical images
     cost = torch.cdist(p, r, compute_mode="donot_use_mm_for_euclid_dist").square() / p.shape[1]
     rows, cols = linear_sum_assignment(cost.cpu().numpy())

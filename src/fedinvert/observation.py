@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -14,6 +15,34 @@ import torch
 from torch import Tensor, nn
 
 from fedinvert.errors import ObservationError
+
+_CHANNEL_CONSTANTS: dict[tuple[tuple[float, ...], torch.device, torch.dtype], Tensor] = {}
+_CHANNEL_CONSTANTS_LIMIT = 256
+
+
+def channel_constant(
+    values: Sequence[float], *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Per-channel ``values`` (a normalisation mean or std, luma weights, ...) as a (1, C, 1, 1) tensor.
+
+    Built once per (values, device, dtype) and reused, so an attack step that normalises its images does no
+    host-to-device copy (on CUDA each ``torch.tensor(list)`` is one, and it waits for the device). The
+    tensor is shared: read it, never write into it. Under ``torch.compile`` a fresh constant is returned,
+    which the compiler folds into its graph.
+    """
+    key = (tuple(float(v) for v in values), torch.device(device if device is not None else "cpu"), dtype)
+    if torch.compiler.is_compiling():
+        return torch.tensor(key[0], dtype=dtype, device=key[1]).view(1, -1, 1, 1)
+    cached = _CHANNEL_CONSTANTS.get(key)
+    if cached is None:
+        if len(_CHANNEL_CONSTANTS) >= _CHANNEL_CONSTANTS_LIMIT:
+            _CHANNEL_CONSTANTS.clear()
+        # a normal tensor even when first asked for under inference mode, so autograd may save it later
+        with torch.inference_mode(False):
+            cached = torch.tensor(key[0], dtype=dtype, device=key[1]).view(1, -1, 1, 1)
+        _CHANNEL_CONSTANTS[key] = cached
+    return cached
+
 
 
 class Capability(enum.Enum):
@@ -129,11 +158,9 @@ class Observation:
         return [self.update[n] for n in self.parameter_names]
 
     def mean_std(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-        """Per-channel mean and std as (1, C, 1, 1) tensors."""
+        """Per-channel mean and std as (1, C, 1, 1) float32 tensors on ``device``, cached (`channel_constant`)."""
         mean, std = self.normalization
-        m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        return m, s
+        return channel_constant(mean, device=device), channel_constant(std, device=device)
 
     def normalize(self, images: Tensor) -> Tensor:
         """[0, 1] images -> the victim's input tensor."""

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import fedinvert
+from fedinvert import determinism
 from fedinvert import metrics as metrics_mod
 from fedinvert.attacks import ATTACKS, Attack
 from fedinvert.attacks.base import resolve_device
@@ -491,9 +492,10 @@ def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = Non
     scenario_seconds = time.perf_counter() - t0
 
     rng = generator(int(cfg["seed"]), "attack")
-    t1 = time.perf_counter()
-    rec = attack.reconstruct(scenario.observation, rng=rng, progress=bool(cfg.get("progress")))
-    wall = time.perf_counter() - t1
+    with determinism.policy(device, seed=int(cfg["seed"])) as determinism_record:  # docs/determinism.md
+        t1 = time.perf_counter()
+        rec = attack.reconstruct(scenario.observation, rng=rng, progress=bool(cfg.get("progress")))
+        wall = time.perf_counter() - t1
     compile_seconds = float(rec.extras.get("compile_seconds", 0.0))
     metrics = evaluate_run(scenario, rec, settings=cfg.get("metrics"))
     metrics.update({"seconds": wall - compile_seconds, "compile_seconds": compile_seconds, "iterations": rec.iterations,
@@ -506,6 +508,7 @@ def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = Non
         "platform": platform.platform(),
         "device": str(device),
         "seed": cfg["seed"],
+        "determinism": determinism_record,
         "threat": cfg["threat"],
         "capabilities": sorted(c.value for c in scenario.granted),
         "attack_requires": sorted(c.value for c in attack.requires),

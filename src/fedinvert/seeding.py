@@ -10,7 +10,8 @@ import zlib
 import numpy as np
 import torch
 
-STREAMS = ("data", "model", "client", "defense", "attack", "prior")
+#: ``global`` seeds torch's default generators while an attack runs (`fedinvert.determinism`).
+STREAMS = ("data", "model", "client", "defense", "attack", "prior", "global")
 
 
 def stream_seed(seed: int, stream: str) -> int:

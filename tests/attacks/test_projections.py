@@ -125,3 +125,95 @@ def test_bad_radii_are_rejected():
         project_l1_ball(torch.ones(2, 3), -1.0)
     with pytest.raises(ValueError, match="radii"):
         project_l1_ball(torch.ones(2, 3), [1.0, 2.0, 3.0])
+
+
+def reference_projection(x: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Duchi et al.'s algorithm row by row in NumPy float64: the reference the tensor version is checked against."""
+    out = x.astype(np.float64).copy()
+    for i, (row, r) in enumerate(zip(out, radius, strict=True)):
+        if np.abs(row).sum() <= r:
+            continue
+        u = np.sort(np.abs(row))[::-1]
+        excess = np.cumsum(u) - r
+        j = np.arange(1, len(u) + 1)
+        rho = j[u * j > excess].max() if (u * j > excess).any() else 1
+        theta = excess[rho - 1] / rho
+        out[i] = np.sign(row) * np.maximum(np.abs(row) - theta, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("d", [7, 1000, 65536])
+def test_float32_result_matches_a_float64_reference(d):
+    # Prepare: rows of different scales, radii from far inside the norm to just below it, and one row inside.
+    gen = torch.Generator().manual_seed(d)
+    x = torch.randn(5, d, generator=gen) * torch.tensor([1e-3, 1.0, 1.0, 30.0, 1.0])[:, None]
+    norms = x.abs().sum(1)
+    r = norms * torch.tensor([0.01, 0.3, 0.999, 0.5, 1.5])
+    # Execute
+    y = project_l1_ball(x, r)
+    ref = reference_projection(x.double().numpy(), r.double().numpy())
+    # Assert: float32 output, within float32 rounding of the float64 reference, on the ball's boundary.
+    assert y.dtype == torch.float32 and y.device == x.device
+    scale = x.abs().amax(1, keepdim=True).double().numpy()
+    assert (np.abs(y.double().numpy() - ref) <= 4e-7 * scale).all(), np.abs(y.double().numpy() - ref).max()
+    l1_y = l1(y.double())
+    assert (l1_y[:4] - r[:4].double()).abs().max() <= 1e-5 * r[:4].double().max()
+    assert torch.equal(y[4], x[4])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_output_dtype_and_device_follow_the_input(dtype):
+    x = (torch.randn(3, 2, 5, 5) * 3).to(dtype)
+    y = project_l1_ball(x, torch.tensor([1.0, 2.0, 1e6]))
+    assert y.dtype == dtype and y.device == x.device and y.shape == x.shape
+    assert (l1(y.double()) <= torch.tensor([1.0, 2.0, 1e6], dtype=torch.float64) * (1 + 1e-2)).all()
+    assert torch.equal(y[2], x[2])  # inside: unchanged
+    around = project_l1_ball_around(x, torch.zeros_like(x), 1.0)
+    assert around.dtype == dtype and around.device == x.device
+
+
+def test_float32_projection_allocates_no_float64_tensor():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Dtypes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: set[tuple[str, torch.dtype]] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.seen.add((func.overloadpacket.__name__, t.dtype))
+            return out
+
+    x = torch.randn(4, 64, 8, 8)
+    with Dtypes() as mode:
+        project_l1_ball_around(x, torch.zeros_like(x), torch.full((4,), 10.0))
+        project_l1_ball(x, 10.0)
+    assert {dtype for _, dtype in mode.seen} <= {torch.float32, torch.int64, torch.int32, torch.bool}, mode.seen
+    assert not any(name in ("_local_scalar_dense", "lift_fresh") for name, _ in mode.seen)  # no host syncs or copies
+
+
+@pytest.mark.parametrize("shift", [-100, -20, 0, 20, 100])
+def test_scaling_by_a_power_of_two_scales_the_result_exactly(shift):
+    # the fixed-point sum is per row and relative to the row's largest entry, so powers of two commute with it
+    x = torch.randn(3, 500, generator=torch.Generator().manual_seed(1)) * 5
+    r = torch.tensor([1.0, 40.0, 300.0])
+    factor = 2.0**shift
+    assert torch.equal(project_l1_ball(x * factor, r * factor), project_l1_ball(x, r) * factor)
+
+
+def test_each_row_is_projected_independently_of_the_batch():
+    x = torch.randn(6, 300) * torch.logspace(-3, 3, 6)[:, None]
+    r = x.abs().sum(1) * 0.2
+    batch = project_l1_ball(x, r)
+    for i in range(6):
+        assert torch.equal(project_l1_ball(x[i : i + 1], r[i : i + 1]), batch[i : i + 1])
+
+
+def test_rows_with_a_non_finite_norm_outside_the_ball_become_nan():
+    x = torch.tensor([[1.0, float("inf")], [1.0, float("nan")], [3.0, -4.0]])
+    y = project_l1_ball(x, 1.0)
+    assert torch.isnan(y[0]).all() and torch.isnan(y[1]).all()
+    torch.testing.assert_close(y[2], torch.tensor([0.0, -1.0]))

@@ -184,7 +184,7 @@ class GGL(GenerativeAttack):
         cma = import_cma()
         prior, restarts, batch, population = self.prior, self.restarts, setup.batch_size, self.population
         shape = (batch, *prior.latent_shape)
-        starts = latents.reshape(restarts, -1).double().cpu().numpy()
+        starts = latents.reshape(restarts, -1).cpu().double().numpy()
         dims = starts.shape[1]
         seeds = torch.randint(0, 2**31 - 1, (restarts,), generator=rng).tolist()
         strategies = []
@@ -215,8 +215,9 @@ class GGL(GenerativeAttack):
                 candidates = torch.as_tensor(np.stack([np.stack(a) for a in asked]), dtype=torch.float32)
                 candidates = candidates.reshape(restarts, population, *shape).to(self.device)
                 distance, loss = score(candidates.reshape(restarts * population, *shape))
-                distance = distance.reshape(restarts, population).cpu()
-                values = loss.reshape(restarts, population).double().cpu().numpy()
+                # CMA-ES lives on the host: one device-to-host copy per generation, both rows at once
+                scores = torch.stack([distance, loss]).reshape(2, restarts, population).cpu()
+                distance, values = scores[0], scores[1].double().numpy()
                 evaluations += restarts * population
                 for r, es in enumerate(strategies):
                     es.tell(asked[r], [float(v) if np.isfinite(v) else 1e30 for v in values[r]])

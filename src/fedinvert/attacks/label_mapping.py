@@ -51,7 +51,8 @@ _CACHE: dict[tuple[object, ...], Remapper] = {}
 @torch.no_grad()
 def _fingerprint(prior: Prior) -> tuple[object, ...]:
     """Identifies a prior's weights within a process (a fresh copy of the same weights gives the same key)."""
-    total = sum(float(p.double().sum()) for p in prior.parameters())
+    # accumulated in float64 where the weights are (no float64 copy of them), read back once
+    total = float(sum(p.sum(dtype=torch.float64) for p in prior.parameters()))
     return (type(prior).__name__, sum(p.numel() for p in prior.parameters()), round(total, 6))
 
 

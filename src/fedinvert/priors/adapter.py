@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from fedinvert.errors import ConfigError
+from fedinvert.observation import channel_constant
 
 #: ITU-R BT.601 luma weights (what PIL's "L" mode uses) for RGB -> grey.
 LUMA = (0.299, 0.587, 0.114)
@@ -56,8 +56,9 @@ def to_victim(
         x = convert_channels(x, channels)
     x = resize(x, (height, width))
     x = convert_channels(x, channels)
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    # cached on the device: this runs in every attack step
+    m = channel_constant(mean, device=x.device, dtype=x.dtype)
+    s = channel_constant(std, device=x.device, dtype=x.dtype)
     return (x - m) / s
 
 
@@ -79,7 +80,7 @@ def convert_channels(images: Tensor, channels: int) -> Tensor:
     if have == channels:
         return images
     if have == 3 and channels == 1:
-        luma = torch.as_tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        luma = channel_constant(LUMA, device=images.device, dtype=images.dtype)
         return (images * luma).sum(dim=1, keepdim=True)
     if have == 1 and channels == 3:
         return images.expand(-1, 3, -1, -1)

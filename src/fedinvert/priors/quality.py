@@ -218,7 +218,7 @@ def gaussian_stats(feats: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean (D,) and covariance (D, D) (unbiased) of (N, D) features, in float64; N >= 2."""
     if feats.dim() != 2 or feats.shape[0] < 2:
         raise ConfigError(f"need (N >= 2, D) features, got {tuple(feats.shape)}")
-    x = feats.detach().double().cpu().numpy()
+    x = feats.detach().cpu().double().numpy()
     return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
 
 
