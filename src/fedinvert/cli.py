@@ -72,7 +72,7 @@ def _summary(result) -> str:  # type: ignore[no-untyped-def]
     reid = ""
     if m.get("reid_top1") is not None:
         reid = f"  re-id {m['reid_top1']:.2f} (chance {1 / (m['reid_distractors'] + 1):.2f})"
-    perceptual = "" if m.get("st_lpips") is None else f"  ST-LPIPS {m['st_lpips']:.3f}"
+    perceptual = "" if m.get("st_lpips") is None else f"  ST-LPIPS {m['st_lpips']:.4f}"
     return (
         f"PSNR {fmt('psnr', '.2f')} dB{against}  SSIM {fmt('ssim', '.3f')}{reid}{perceptual}"
         f"  label acc {fmt('label_accuracy', '.2f')}  {fmt('seconds', '.1f')} s{where}{flag}"

@@ -3,7 +3,9 @@
 All image metrics work on un-normalised images in [0, 1] of shape (B, C, H, W) and return one value per
 image. ``evaluate`` first pairs every private image with a reconstruction (Hungarian assignment on the
 per-image MSE, scipy) and then scores the pairs; its result is plain Python data, ready for ``json.dumps``.
-LPIPS is not provided yet.
+``no_leak_reference`` scores what an attacker reaches from public images alone, ``attach_reference`` adds it
+and ``leakage_db`` to a result, and ``reid_top1`` is the re-identification rate (docs/metrics.md).
+ST-LPIPS and LPIPS live in ``fedinvert.perceptual``.
 """
 
 from __future__ import annotations
