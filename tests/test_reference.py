@@ -266,13 +266,14 @@ def test_evaluate_run_reports_reference_leakage_and_reid() -> None:
 
 
 def test_reference_survives_saving_the_observation_and_is_null_without_it(tmp_path, caplog) -> None:
+    from fedinvert.config import resolve_config
     from fedinvert.observation import Reconstruction
     from fedinvert.runner import evaluate_run, load_observation, save_observation
 
     scenario, cfg = _scenario()
     path = tmp_path / "observation.safetensors"
     save_observation(path, scenario, cfg)
-    loaded = load_observation(path, cfg)
+    loaded = load_observation(path, resolve_config([]))
     assert loaded.info["data"] == scenario.info["data"]
     assert loaded.info["data"]["indices"] == [3, 7] and loaded.info["data"]["image_size"] == 16
 

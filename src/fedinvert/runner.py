@@ -30,6 +30,7 @@ from fedinvert import metrics as metrics_mod
 from fedinvert.attacks import ATTACKS, Attack
 from fedinvert.attacks.base import resolve_device
 from fedinvert.config import resolve_keywords
+from fedinvert.config.validation import validate_config
 from fedinvert.config.schema import DEFAULTS as _CONFIG_DEFAULTS
 from fedinvert.data import default_normalization, load_batch
 from fedinvert.data.base import DATASETS
@@ -101,6 +102,7 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
     observation's batch size) is all K·B. A FedAvg client without ``protocol.shuffle_seed`` shuffles with a
     seed from the run's ``client`` stream; defence noise draws from the ``defense`` stream.
     """
+    cfg = validate_config(cfg)  # every key typed and in range before int() or any data is read
     if cfg.get("observation"):
         return load_observation(cfg["observation"], cfg)
     seed = int(cfg["seed"])
@@ -478,7 +480,7 @@ def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = Non
     Input errors surface as `FedinvertError` before anything is written; the run folder appears only when
     complete (written into a temporary sibling, then renamed).
     """
-    cfg = json.loads(json.dumps(cfg))  # a private, plain copy
+    cfg = json.loads(json.dumps(validate_config(cfg)))  # checked before any work; a private, plain copy
     out = _prepare_out(cfg) if write else None
     device = resolve_device(cfg.get("device", "auto"))
     t0 = time.perf_counter()

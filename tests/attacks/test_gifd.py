@@ -297,7 +297,7 @@ def test_cli_run_writes_stages(tmp_path, capsys):
     assert (out / "stages.png").is_file() and (out / "reconstruction.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert [s["stage"] for s in metrics["stages"]] == ["z", "f1", "f2", "f3", "f4"]
-    assert all(set(s) == {"stage", "distance", "psnr"} for s in metrics["stages"])
+    assert all(set(s) == {"stage", "distance", "psnr", "leakage_db"} for s in metrics["stages"])
     assert metrics["iterations"] == 5 * 3 * 2
     assert metrics["distance"] == min(s["distance"] for s in metrics["stages"])
     details = json.loads((out / "run.json").read_text())["attack_details"]

@@ -100,7 +100,7 @@ def test_existing_output_folder_is_refused_unless_overwrite(tmp_path, capsys):
 def test_corrupt_observation_file_is_refused(tmp_path, capsys):
     bad = tmp_path / "observation.safetensors"
     bad.write_bytes(b"\x00garbage" * 10)
-    assert main(["attack", *SMALL, f"observation={bad}", f"out={tmp_path / 'r'}"]) == 2
+    assert main(["attack", "attack=idlg", "device=cpu", f"observation={bad}", f"out={tmp_path / 'r'}"]) == 2
     assert "not a fedinvert observation" in _one_error_line(capsys)
 
 

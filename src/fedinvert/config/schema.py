@@ -18,6 +18,13 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedinvert.config.validation import (
+    MAX_ARGUMENT_CHARS,
+    MAX_CONFIG_BYTES,
+    check_plain,
+    show,
+    validate_config,
+)
 from fedinvert.errors import ConfigError
 
 GROUPS = ("attack", "model", "dataset", "prior", "protocol")
@@ -43,13 +50,9 @@ DEFAULTS: dict[str, Any] = {
     # evaluation (fedinvert.metrics): random public draws of the no-leak reference, distractors of the
     # re-identification rate (99 -> 100 candidates, chance 1 %), optional LPIPS weights, ST-LPIPS on/off
     "metrics": {"reference_draws": 16, "reid_distractors": 99, "lpips_weights": None, "st_lpips": True},
-}
-
-THREAT_CHOICES = {
-    "labels": ("inferred", "known"),
-    "batch_size": ("known", "unknown"),
-    "local_hparams": ("known", "guessed", "unknown"),
-    "defenses": ("known", "unknown"),
+    # what the client does to [0, 1] images before the victim: auto (DESIGN §12 default of the data set),
+    # identity (the victim sees [0, 1]) or {mean: [...], std: [...]} with 1 or C entries each
+    "normalization": "auto",
 }
 
 
@@ -59,24 +62,56 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+# libyaml's safe loader where PyYAML has it (same YAML, several times faster); both refuse every tag
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _read_config_file(path: Path, name: str) -> bytes:
+    """The bytes of a config file, refused before parsing when larger than `MAX_CONFIG_BYTES`."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"config file {name}: cannot be read ({err.strerror or type(err).__name__})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {name}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a configuration is far smaller")
+    return raw
+
+
+def _parse_yaml(raw: bytes, name: str) -> Any:
+    """YAML from UTF-8 bytes: tags refused (safe loading), then `check_plain` bounds."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {name}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); save it as UTF-8"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506  (a safe loader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {name} is not valid YAML: {str(err).splitlines()[0]}") from None
+    check_plain(data, f"config file {name}")
+    return data
+
+
 def load_preset(name: str) -> dict[str, Any]:
-    """A shipped preset by name (``preset=gifd-face``), or a YAML file by path."""
+    """A shipped preset by name (``preset=gifd-face``), or a YAML file by path (UTF-8, at most
+    `MAX_CONFIG_BYTES`, no YAML tags)."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ConfigError(f"config file {name} does not exist")
-        text = path.read_text()
+        raw = _read_config_file(path, name)
     else:
         candidate = resources.files("fedinvert.config") / "presets" / f"{name}.yaml"
         if not candidate.is_file():
-            raise ConfigError(f"unknown preset '{name}'; known: {', '.join(preset_names())}")
-        text = candidate.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {name} is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"preset: unknown preset '{name}'; known: {', '.join(preset_names())}")
+        raw = candidate.read_bytes()
+    data = _parse_yaml(raw, name)
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {name} must hold a mapping at its top level")
+        raise ConfigError(f"config file {name} must hold a mapping at its top level, got {show(data)}")
     return data
 
 
@@ -88,7 +123,10 @@ def _normalise_groups(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str):
             out[group] = {"name": value}
         elif value is not None and not isinstance(value, dict):
-            raise ConfigError(f"'{group}' must be a name or a mapping, got {value!r}")
+            raise ConfigError(f"{group}: must be a name or a mapping, got {show(value)}")
+    for section in _SECTIONS:
+        if out.get(section) is not None and not isinstance(out[section], dict):
+            raise ConfigError(f"{section}: must be a mapping ({section}.<key>=...), got {show(out[section])}")
     defense = out.get("defense")
     if isinstance(defense, str):
         defense = [defense]
@@ -97,11 +135,13 @@ def _normalise_groups(data: dict[str, Any]) -> dict[str, Any]:
     elif defense is None:
         out["defense"] = {}
     elif not isinstance(defense, dict):
-        raise ConfigError(f"'defense' must be a name, a list of names or a mapping, got {defense!r}")
+        raise ConfigError(f"defense: must be a name, a list of names or a mapping, got {show(defense)}")
     return out
 
 
 _EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+_SECTIONS = ("threat", "metrics")  # top-level keys that hold a mapping of their own (besides the groups)
+_PATH_KEYS = ("out", "observation", "root", "weights", "lpips_weights")  # values taken as written, not as YAML
 
 
 def _parse_overrides(overrides: Sequence[str]) -> list[dict[str, Any]]:
@@ -113,16 +153,28 @@ def _parse_overrides(overrides: Sequence[str]) -> list[dict[str, Any]]:
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"argument {item!r} has an empty key")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
+            raise ConfigError(f"argument {show(item)} has an empty key")
+        if len(raw) > MAX_ARGUMENT_CHARS:
+            raise ConfigError(f"{show(key)[1:-1]}: the value is longer than {MAX_ARGUMENT_CHARS} characters")
+        parts = key.split(".")
+        if parts[-1] in _PATH_KEYS:
+            # a path is a string as written: out=2024-01-01 is a folder name, not a date
+            value: Any = None if raw in ("", "null", "~") else raw
+        else:
+            try:
+                value = yaml.load(raw, Loader=_SAFE_LOADER) if raw != "" else None  # noqa: S506  (a safe loader)
+            except yaml.YAMLError:
+                value = raw
+            check_plain(value, key)
         if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; users mean the number
-        parts = key.split(".")
-        if parts[0] in GROUPS and len(parts) == 1 and isinstance(value, str):
-            value = {"name": value}
+        if parts[0] in GROUPS and len(parts) == 1:
+            if isinstance(value, str):
+                value = {"name": value}
+            elif value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{key}: must be a name or a mapping, got {show(value)}")
+        if parts[0] in _SECTIONS and len(parts) == 1 and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping ({key}.<key>=...), got {show(value)}")
         if parts[0] == "defense" and len(parts) == 1:
             value = _normalise_groups({"defense": value})["defense"]
             layers.append({"__replace_defense__": value})
@@ -137,8 +189,9 @@ def _parse_overrides(overrides: Sequence[str]) -> list[dict[str, Any]]:
 def resolve_config(overrides: Sequence[str] = (), *, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge defaults, an optional base config (a preset or a run's config.yaml) and overrides.
 
-    ``preset=NAME`` among the overrides is applied first. Returns a plain nested dict. Unknown top-level keys
-    raise ConfigError.
+    ``preset=NAME`` among the overrides is applied first. Returns a plain nested dict, checked against the
+    schema (`fedinvert.config.validation.validate_config`): every key, type, range and name. Raises
+    ConfigError naming the first key that is wrong.
     """
     overrides = list(overrides)
     presets = [o.split("=", 1)[1] for o in overrides if o.startswith("preset=")]
@@ -146,6 +199,7 @@ def resolve_config(overrides: Sequence[str] = (), *, base: dict[str, Any] | None
     merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     layers: list[dict[str, Any]] = []
     if base is not None:
+        check_plain(base, "the base configuration")
         layers.append(_normalise_groups(base))
     layers.extend(_normalise_groups(load_preset(p)) for p in presets)
     layers.extend(_parse_overrides(overrides))
@@ -155,7 +209,7 @@ def resolve_config(overrides: Sequence[str] = (), *, base: dict[str, Any] | None
             continue
         unknown = sorted(set(layer) - set(DEFAULTS))
         if unknown:
-            raise ConfigError(f"unknown config key '{unknown[0]}'; known: {', '.join(sorted(DEFAULTS))}")
+            raise ConfigError(f"{unknown[0]}: unknown config key; known: {', '.join(sorted(DEFAULTS))}")
         for group in GROUPS:
             # naming another class for a group drops the previous class's keywords
             new = layer.get(group)
@@ -169,14 +223,7 @@ def resolve_config(overrides: Sequence[str] = (), *, base: dict[str, Any] | None
             )
         except OmegaConfBaseException as err:
             raise ConfigError(f"cannot merge configuration: {str(err).splitlines()[0]}") from None
-    for key, choices in THREAT_CHOICES.items():
-        value = merged["threat"].get(key)
-        if value not in choices:
-            raise ConfigError(f"threat.{key} must be one of {', '.join(choices)}, got {value!r}")
-    unknown_threat = sorted(set(merged["threat"]) - set(THREAT_CHOICES))
-    if unknown_threat:
-        raise ConfigError(f"unknown key threat.{unknown_threat[0]}; known: {', '.join(THREAT_CHOICES)}")
-    return merged
+    return validate_config(merged)
 
 
 def class_keywords(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
