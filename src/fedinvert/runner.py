@@ -32,7 +32,7 @@ from fedinvert.attacks.base import resolve_device
 from fedinvert.config import resolve_keywords
 from fedinvert.config.validation import validate_config
 from fedinvert.config.schema import DEFAULTS as _CONFIG_DEFAULTS
-from fedinvert.data import default_normalization, load_batch
+from fedinvert.data import check_normalization, load_batch, resolve_normalization
 from fedinvert.data.base import DATASETS
 from fedinvert.defenses import build_defenses, client_count, federated_round
 from fedinvert.errors import CheckpointError, ConfigError, FedinvertError
@@ -125,6 +125,7 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
         raise ConfigError(
             f"unknown key dataset.{extra[0]}; valid keys: indices, label_map, {', '.join(sorted(known))}"
         )
+    check_normalization(cfg.get("normalization"))  # the channel count is checked once the images are read
     defenses = build_defenses(dict(cfg.get("defense") or {}))
     clients = client_count(defenses)
     total = batch_size * clients
@@ -153,7 +154,7 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
         num_classes = int(cfg.get("num_classes") or mapped_classes)
     if int(labels.max()) >= num_classes:
         raise ConfigError(f"num_classes={num_classes} is too small for label {int(labels.max())} of the batch")
-    normalization = default_normalization(ds_name, channels)
+    normalization = resolve_normalization(cfg.get("normalization"), ds_name, channels)
 
     model_cfg = dict(cfg["model"])
     model_name = model_cfg.pop("name")
@@ -207,6 +208,7 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
         "protocol": {"name": proto_name, **proto_kwargs},
         "defenses": [{"name": s.name, "params": s.params} for s in specs],
         "clients": clients,
+        "normalization": {"mean": list(normalization[0]), "std": list(normalization[1])},
         **result.info,
         # what evaluation needs to draw the no-leak reference's public images and the re-identification
         # distractors; stored in observation.safetensors too, so a re-attack can score against them
@@ -488,6 +490,7 @@ def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = Non
     if "protocol" in scenario.info:  # record the resolved client and defences (the derived shuffle seed too)
         cfg["protocol"] = dict(scenario.info["protocol"])
         cfg["defense"] = {d["name"]: dict(d["params"]) for d in scenario.info["defenses"]}
+        cfg["normalization"] = dict(scenario.info["normalization"])  # auto resolved: config.yaml re-runs alike
     attack, attack_kwargs = build_attack(cfg, device=device)
     cfg["attack"] = {"name": cfg["attack"]["name"], **attack_kwargs}
     attack.check(scenario.observation, scenario.granted)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +52,75 @@ def default_normalization(dataset_name: str, channels: int) -> tuple[tuple[float
     if dataset_name == "fashion-mnist":
         return (FASHION_MNIST_MEAN,) * channels, (FASHION_MNIST_STD,) * channels
     return (0.5,) * channels, (0.5,) * channels
+
+
+def _normalization_entries(spec: dict[Any, Any], key: str) -> list[float]:
+    values = spec[key]
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ConfigError(f"normalization.{key} must be a number or a non-empty list of numbers, got {values!r}")
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"normalization.{key} entries must be finite numbers, got {value!r}")
+        if key == "std" and value <= 0:
+            raise ConfigError(f"normalization.std entries must be positive, got {value!r}")
+        out.append(float(value))
+    return out
+
+
+def check_normalization(spec: object) -> str | dict[str, list[float]]:
+    """Validate the ``normalization`` config value without knowing the channel count (ConfigError otherwise).
+
+    Accepted: ``auto`` (or None: the same) — `default_normalization` of the data set —, ``identity`` — the
+    victim sees [0, 1] images (mean 0, std 1) —, or a mapping ``{mean: [...], std: [...]}`` of 1 or C finite
+    numbers each (a single number is one entry), every std > 0. Returns ``auto``, ``identity`` or the mapping
+    with float lists.
+    """
+    if spec is None or spec == "auto":
+        return "auto"
+    if spec == "identity":
+        return "identity"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"normalization must be auto, identity or {{mean: [...], std: [...]}}, got {spec!r}")
+    keys = set(spec)
+    if keys != {"mean", "std"}:
+        missing, extra = sorted({"mean", "std"} - keys), sorted(keys - {"mean", "std"})
+        what = f"lacks {missing[0]}" if missing else f"has an unknown key {extra[0]!r}"
+        raise ConfigError(f"normalization {what}; give both normalization.mean and normalization.std")
+    return {"mean": _normalization_entries(spec, "mean"), "std": _normalization_entries(spec, "std")}
+
+
+def resolve_normalization(
+    spec: object, dataset_name: str, channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) per channel (C entries each) that the ``normalization`` config value names.
+
+    ``auto`` gives `default_normalization` (DESIGN §12), ``identity`` mean 0 / std 1 (the victim sees [0, 1]
+    images), a mapping its values, a single entry repeated to all C channels.
+
+    Raises:
+        ConfigError: an invalid value (see `check_normalization`), or a mapping whose mean or std has neither
+            1 nor C entries.
+    """
+    checked = check_normalization(spec)
+    channels = check_positive_int(channels, key="channels")
+    if checked == "auto":
+        return default_normalization(dataset_name, channels)
+    if checked == "identity":
+        return (0.0,) * channels, (1.0,) * channels
+    assert isinstance(checked, dict)
+    resolved = []
+    for key in ("mean", "std"):
+        values = checked[key]
+        if len(values) not in (1, channels):
+            raise ConfigError(
+                f"normalization.{key} has {len(values)} entries ({values}), but the images have {channels} channel"
+                f"{'s' if channels != 1 else ''}: give 1 or {channels}"
+            )
+        resolved.append(tuple(values * channels if len(values) == 1 else values))
+    return resolved[0], resolved[1]
 
 
 def _constructor_keywords(name: str) -> frozenset[str]:
