@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -46,7 +46,7 @@ class DLG(Attack):
         restarts: int = 1,
         lr: float = 1.0,
         distance: str = "l2",
-        line_search: str = "none",
+        line_search: Literal["none", "strong_wolfe"] = "none",
         max_eval: int | None = None,
         labels: str = "auto",
         joint_labels: bool | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ class GGL(GenerativeAttack):
         self,
         *,
         prior: Prior | None = None,
-        optimizer: str = "cma",
+        optimizer: Literal["cma", "adam"] = "cma",
         iterations: int = 800,
         population: int = 50,
         restarts: int = 1,

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -125,14 +125,14 @@ class GIFD(GenerativeAttack):
         steps_per_stage: int = 1000,
         restarts: int = 4,
         lr: float = 0.1,
-        feature_lr: str = "relative",
+        feature_lr: Literal["relative", "absolute"] = "relative",
         feature_lr_scale: float = 1.0,
-        radius_mode: str = "relative",
+        radius_mode: Literal["relative", "absolute"] = "relative",
         radii: list[float] | None = None,
         latent_radii: list[float] | None = None,
         stages: list[str | int] | None = None,
         ball: bool = True,
-        selection: str = "least_distance",
+        selection: Literal["least_distance", "last"] = "least_distance",
         tv: float = 1e-4,
         image_norm: float = 1e-6,
         distance: str = "cosine",

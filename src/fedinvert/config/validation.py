@@ -60,6 +60,11 @@ def _integral_float(value: Any) -> Any:
     return value
 
 
+def _not_bool(value: Any) -> Any:
+    """A boolean for an integer choice is refused (``True == 1`` would pass a ``Literal[1, 3]``)."""
+    return repr(value) if isinstance(value, bool) else value
+
+
 def _list_to_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
@@ -80,6 +85,8 @@ def config_type(annotation: Any, constraints: tuple[Any, ...] = (), choices: tup
         return Annotated[(config_type(inner, constraints, choices), *meta)]
     if origin in (Union, types.UnionType):
         return Union[tuple(config_type(a, constraints, choices) for a in args)]  # noqa: UP007
+    if origin is Literal and any(isinstance(a, int) and not isinstance(a, bool) for a in args):
+        return Annotated[annotation, BeforeValidator(_not_bool)]
     if origin is list:
         return list[config_type(args[0], constraints, choices)] if args else list  # type: ignore[misc]
     if origin is tuple:
@@ -225,7 +232,7 @@ _PATH = _optional(str)  # paths are strings in a config; a Path object is turned
 TOP_LEVEL: dict[str, Any] = {
     "batch_size": _count(1, MAX_BATCH_SIZE),
     "image_size": _optional(_count(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)),
-    "channels": _optional(Literal[1, 3]),
+    "channels": _optional(config_type(Literal[1, 3])),
     "num_classes": _optional(_count(2, MAX_CLASSES)),
     "seed": _count(0, MAX_SEED),
     "device": str,

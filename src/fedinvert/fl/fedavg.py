@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -159,7 +160,7 @@ class FedAvgClient:
         local_batch_size: int = 8,
         lr: float = 1e-3,
         momentum: float = 0.0,
-        mode: str = "eval",
+        mode: Literal["eval", "train"] = "eval",
         shuffle_seed: int | None = None,
     ) -> None:
         if mode not in ("eval", "train"):

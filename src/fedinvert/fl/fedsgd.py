@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ class FedSGDClient:
 
     kind = "gradient"
 
-    def __init__(self, *, mode: str = "eval") -> None:
+    def __init__(self, *, mode: Literal["eval", "train"] = "eval") -> None:
         if mode not in ("eval", "train"):
             raise ConfigError(f"protocol.mode must be eval or train, got {mode!r}")
         self.mode = mode

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from fedinvert.models.base import MODELS
-from fedinvert.models.layers import NORMS, check_choice, check_dims, norm_layer, scaled_widths
+from fedinvert.models.layers import NORMS, Norm, check_choice, check_dims, norm_layer, scaled_widths
 
 BASE_WIDTHS = (32, 64, 64, 128)
 
@@ -41,7 +41,7 @@ class ConvNet(nn.Module):
         num_classes: int,
         image_size: int,
         width: float = 1.0,
-        norm: str = "batch",
+        norm: Norm = "batch",
     ) -> None:
         super().__init__()
         check_dims("convnet", in_channels=in_channels, num_classes=num_classes, image_size=image_size)

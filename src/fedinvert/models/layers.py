@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from torch import nn
 
 from fedinvert.errors import ConfigError
@@ -9,7 +11,8 @@ from fedinvert.errors import ConfigError
 MIN_IMAGE_SIZE = 8
 """Smallest input resolution (pixels per side) every built-in victim accepts."""
 
-NORMS = ("batch", "group", "none")
+Norm = Literal["batch", "group", "none"]
+NORMS: tuple[str, ...] = get_args(Norm)
 
 
 def check_dims(model: str, *, in_channels: int, num_classes: int, image_size: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +11,8 @@ from torch import Tensor, nn
 from fedinvert.models.base import MODELS
 from fedinvert.models.layers import check_choice, check_dims
 
-ACTIVATIONS = ("sigmoid", "relu")
+Activation = Literal["sigmoid", "relu"]
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 
 
 def _activation(kind: str) -> nn.Module:
@@ -82,7 +84,7 @@ class LeNet5(nn.Module):
     """
 
     def __init__(
-        self, *, in_channels: int, num_classes: int, image_size: int, activation: str = "sigmoid"
+        self, *, in_channels: int, num_classes: int, image_size: int, activation: Activation = "sigmoid"
     ) -> None:
         super().__init__()
         check_dims("lenet5", in_channels=in_channels, num_classes=num_classes, image_size=image_size)

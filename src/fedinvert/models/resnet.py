@@ -7,6 +7,8 @@ default initialisation.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor, nn
 
@@ -15,8 +17,10 @@ from fedinvert.models.base import MODELS
 from fedinvert.models.layers import check_choice, check_dims, norm_layer, scaled_widths
 
 BASE_WIDTHS = (64, 128, 256, 512)
-STEMS = ("cifar", "imagenet")
-RESNET_NORMS = ("batch", "group")
+Stem = Literal["cifar", "imagenet"]
+ResNetNorm = Literal["batch", "group"]
+STEMS: tuple[str, ...] = get_args(Stem)
+RESNET_NORMS: tuple[str, ...] = get_args(ResNetNorm)
 
 
 class BasicBlock(nn.Module):
@@ -71,9 +75,9 @@ class ResNet(nn.Module):
         num_classes: int,
         image_size: int,
         blocks: tuple[int, int, int, int] = (2, 2, 2, 2),
-        stem: str = "cifar",
+        stem: Stem = "cifar",
         width: float = 1.0,
-        norm: str = "batch",
+        norm: ResNetNorm = "batch",
     ) -> None:
         super().__init__()
         check_dims("resnet", in_channels=in_channels, num_classes=num_classes, image_size=image_size)
