@@ -12,12 +12,14 @@ from fedinvert.attacks import ATTACKS
 from fedinvert.attacks.gifd import GIFD, OFFICIAL_SETTINGS
 from fedinvert.attacks.objectives import GradientMatcher
 from fedinvert.cli import main
+from fedinvert.config import resolve_config
 from fedinvert.errors import ConfigError, MissingCapabilityError
 from fedinvert.fl import FedSGDClient
 from fedinvert.metrics import match, psnr_per_image
 from fedinvert.models import build_model
 from fedinvert.observation import Observation
 from fedinvert.priors import BigGANDeep, FaceDCGAN, StyleGAN2, to_victim
+from fedinvert.runner import build_scenario
 
 HAS_FACE_WHEEL = importlib.util.find_spec("gan_face_generate") is not None
 needs_wheel = pytest.mark.skipif(not HAS_FACE_WHEEL, reason="gan-face-generate wheel not installed")
@@ -67,7 +69,7 @@ def matched_psnr(private: torch.Tensor, images: torch.Tensor) -> float:
 def test_gifd_end_to_end_on_an_in_distribution_face(face, in_distribution):
     # Prepare: 5 stages (z, f1..f4) × 30 steps × 2 restarts, eager.
     private, labels, obs = in_distribution
-    attack = gifd(face, steps_per_stage=30, restarts=2)
+    attack = gifd(face, steps_per_stage=30, restarts=2, carry="best")
     # Execute
     rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
     # Assert: one stage result per stage, the answer is the least-distance stage, counted evaluations.
@@ -83,7 +85,8 @@ def test_gifd_end_to_end_on_an_in_distribution_face(face, in_distribution):
         assert stage.images.shape == (1, 3, SIZE, SIZE)
         assert float(stage.images.min()) >= 0 and float(stage.images.max()) <= 1
         assert stage.restart in (0, 1)
-    # each stage starts where the previous stage's best restart ended, so the best distance never rises
+    # under carry=best each stage starts from, and records, its best iterate (its own start included), so the
+    # recorded distance never rises
     for before, after in zip(distances, distances[1:], strict=False):
         assert after <= before * (1 + 1e-4) + 1e-7
     # the feature stages improve on the latent-only result (measured: 11.6 dB at z, 13.4 dB chosen)
@@ -184,6 +187,60 @@ def test_ablation_presets(face, in_distribution):
     assert [s.name for s in jump.stages] == ["z", "f3"] and jump.iterations == 8
 
 
+def stage_history(rec, name: str) -> list[dict]:
+    return [h for h in rec.history if h["stage"] == name]
+
+
+@needs_wheel
+def test_gifd_e_and_gifd_f_can_differ_under_the_official_carry(face, in_distribution):
+    # Same observation, same latents, 5 stages × 10 steps × 1 restart; the ablations carry each stage's final
+    # iterate (official), so a deep stage can end worse than the one before and the least-distance stage
+    # (GIFD-e) is not the last one (GIFD-f).
+    _, _, obs = in_distribution
+    runs = {}
+    for name in ("gifd-e", "gifd-f"):
+        attack = gifd(face, name=name, steps_per_stage=10, restarts=1)
+        assert attack.carry == "final"
+        runs[name] = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
+    least, last = runs["gifd-e"], runs["gifd-f"]
+    # the same chains: both record the same stage distances; only the choice differs
+    assert [s.distance for s in least.stages] == pytest.approx([s.distance for s in last.stages], rel=1e-5)
+    assert last.extras["stage"] == "f4"
+    assert least.extras["stage"] != "f4"  # measured: f3 (distance 0.0042 against f4's 0.0058)
+    assert least.score < last.score
+    assert float((least.images - last.images).abs().max()) > 0.05
+    # with carry=best the two ablations return the same image: distances cannot rise, so the last stage is
+    # (up to ties with an unchanged start) the least-distance one — the behaviour carry=final fixes
+    same = {name: gifd(face, name=name, steps_per_stage=10, restarts=1, carry="best").reconstruct(
+        obs, rng=torch.Generator().manual_seed(0)) for name in ("gifd-e", "gifd-f")}
+    torch.testing.assert_close(same["gifd-e"].images, same["gifd-f"].images, rtol=0, atol=1e-6)
+
+
+@needs_wheel
+def test_final_carry_records_the_final_iterates_distance(face, in_distribution):
+    # One restart, log_every = steps: each stage's last history entry is its final evaluated iterate.
+    _, _, obs = in_distribution
+    steps = 10
+    attack = gifd(face, steps_per_stage=steps, restarts=1, carry="final", log_every=steps)
+    rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
+    matcher = GradientMatcher(obs, render=lambda x: (x, rec.labels))
+    above_best = 0
+    for stage in rec.stages:
+        final = stage_history(rec, stage.name)[-1]
+        assert final["step"] == steps
+        # the recorded distance is the final iterate's, not the least distance the stage saw
+        assert stage.distance == pytest.approx(final["distance"], rel=1e-6)
+        assert stage.distance >= final["best_distance"]
+        above_best += stage.distance > final["best_distance"] * (1 + 1e-4)
+        # and it is the distance of the recorded image itself, recomputed from scratch
+        inputs = (stage.images - 0.5) / 0.5
+        assert matcher.distance(inputs, rec.labels) == pytest.approx(stage.distance, rel=1e-3)
+    assert above_best >= 1  # measured: 4 of the 5 stages (all but f3) end above their best iterate
+    distances = [s.distance for s in rec.stages]
+    assert any(b > a for a, b in zip(distances, distances[1:], strict=False))  # a deeper stage got worse
+    assert rec.score == min(distances)
+
+
 @needs_wheel
 def test_default_face_preset_and_official_settings(face):
     attack = gifd(face)
@@ -195,6 +252,23 @@ def test_default_face_preset_and_official_settings(face):
     # stage k uses radii[k - 1] for the feature and latent_radii[k] for the sphere variables
     attack = gifd(face, **OFFICIAL_SETTINGS["stylegan2"])
     assert attack.stage_radii(1) == (2000.0, 2000.0) and attack.stage_radii(0) == (None, 1000.0)
+
+
+@pytest.mark.parametrize(("preset", "prior"), [("gifd-biggan-official", "biggan"),
+                                               ("gifd-stylegan2-official", "stylegan2")])
+def test_official_presets_use_the_official_victim(preset, prior):
+    # The official code's victim: a random CIFAR-stem ResNet-18 in eval mode at 64 px, ImageNet normalisation
+    cfg = resolve_config([f"preset={preset}"])
+    for key, value in OFFICIAL_SETTINGS[prior].items():
+        assert cfg["attack"][key] == value, key
+    assert cfg["attack"]["carry"] == "final" and cfg["prior"]["name"] == prior
+    obs = build_scenario(cfg).observation
+    assert obs.image_shape == (3, 64, 64)
+    assert obs.normalization == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    model = obs.model
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity) and not model.training
+    assert [len(layer) for layer in (model.layer1, model.layer2, model.layer3, model.layer4)] == [2, 2, 2, 2]
 
 
 class RecordingBigGAN(BigGANDeep):
@@ -276,7 +350,7 @@ def test_missing_prior_and_bad_values(face):
         {"stages": ["nope"]}, {"stages": [7]}, {"stages": ["z", 0]}, {"radii": [0.1, -1.0, 0.2, 0.3]},
         {"radii": [0.1, 0.2]}, {"radius_mode": "absolute"}, {"selection": "best"}, {"distance": "cos"},
         {"labels": "guess"}, {"schedule": "fast"}, {"tv": -1.0}, {"ball": "yes"}, {"compile": "sometimes"},
-        {"latent_radii": [1.0]},
+        {"latent_radii": [1.0]}, {"carry": "last"}, {"carry": True},
     ]
     for kwargs in bad:
         with pytest.raises(ConfigError):

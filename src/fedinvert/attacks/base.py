@@ -114,13 +114,17 @@ def get_schedule(name: str) -> Callable[[float], float]:
 
 @dataclass
 class LoopResult:
-    """What `optimize` returns: per restart, the best iterate (by pure distance) and its distance."""
+    """What `optimize` returns: per restart, the best iterate (by pure distance) and its distance, and the last
+    iterate whose distance was evaluated (the update after the last evaluation is never scored) with its
+    distance (inf where it was not finite, or before the first step)."""
 
     best: list[Tensor]
     best_distance: Tensor
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     interrupted: bool = False
+    last: list[Tensor] = field(default_factory=list)
+    last_distance: Tensor | None = None
 
 
 def optimize(
@@ -152,6 +156,7 @@ def optimize(
     restarts = leaves[0].shape[0]
     best = [v.detach().clone() for v in leaves]
     best_distance = torch.full((restarts,), float("inf"), device=leaves[0].device)
+    last, last_distance = best, best_distance
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     bar = tqdm(total=iterations, desc=description, disable=not progress, leave=False)
@@ -169,6 +174,7 @@ def optimize(
             best_distance = torch.where(improved, dist, best_distance)
             for b, c in zip(best, current, strict=True):
                 b.copy_(torch.where(improved.view(-1, *([1] * (b.dim() - 1))), c, b))
+            last, last_distance = current, dist.detach()
             optimizer.zero_grad(set_to_none=False)
             for v, g in zip(leaves, grads, strict=True):
                 v.grad = g.sign() if signed else g
@@ -195,4 +201,8 @@ def optimize(
         bar.close()
     if not torch.isfinite(best_distance).any():
         best = [v.detach().clone() for v in leaves]
-    return LoopResult(best=best, best_distance=best_distance, history=history, steps=done, interrupted=interrupted)
+    if last is best:  # no step finished: the start is the last iterate
+        last = [v.detach().clone() for v in best]
+    last_distance = torch.nan_to_num(last_distance, nan=float("inf"), neginf=float("inf"))
+    return LoopResult(best=best, best_distance=best_distance, history=history, steps=done, interrupted=interrupted,
+                      last=last, last_distance=last_distance)

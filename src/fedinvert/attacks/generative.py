@@ -172,9 +172,10 @@ class StageSearch:
     """Result of `GenerativeAttack.search_stage`.
 
     Attributes:
-        variables: each restart's least-distance iterate as the stage's variables, (R·B, ...) restart-major,
-            ready for ``prior.render``/``prior.advance`` with the repeated conditioning.
-        distance: (R,) pure gradient distance of each restart's best iterate.
+        variables: each restart's carried iterate (its least-distance one under ``carry="best"``, its final one
+            under ``carry="final"``) as the stage's variables, (R·B, ...) restart-major, ready for
+            ``prior.render``/``prior.advance`` with the repeated conditioning.
+        distance: (R,) pure gradient distance of each restart's carried iterate (inf where not finite).
         history: logged steps (see `optimize`).
         steps: Adam steps done; evaluations: gradient-matching evaluations (steps × R).
         interrupted: stopped by Ctrl-C.
@@ -354,8 +355,10 @@ class GenerativeAttack(Attack):
         regularizer: Regularizer | None = None,
         progress: bool = False,
         description: str = "stage",
+        carry: str = "best",
     ) -> StageSearch:
-        """Adam on stage k's variables, R restarts at once; returns each restart's least-distance iterate.
+        """Adam on stage k's variables, R restarts at once; returns each restart's least-distance iterate
+        (``carry="best"``, its start included) or its final one (``carry="final"``).
 
         Args:
             obs: the observation.
@@ -376,7 +379,11 @@ class GenerativeAttack(Attack):
                 variables (optimised ones first, in ``start``'s order, then the constants).
             progress: show a progress bar.
             description: the progress bar's label.
+            carry: ``best`` — each restart's least pure-distance iterate (the stage's start included, so a
+                stage never ends worse than it began) — or ``final`` — its last evaluated iterate and that
+                iterate's distance (the official GIFD code's behaviour; a stage can end worse than it began).
         """
+        check_choice("carry", carry, ["best", "final"])
         restarts, batch = self.restarts, setup.batch_size
         kinds = {name: self.prior.projection_kind(name) for name in start}
         optimised = [n for n in start if kinds[n] != "fixed"]
@@ -459,13 +466,16 @@ class GenerativeAttack(Attack):
             progress=progress,
             description=description,
         )
+        kept, kept_distance = (result.best, result.best_distance) if carry == "best" else (
+            result.last, result.last_distance
+        )
         with torch.no_grad():
-            flat_best = [t.reshape(restarts * batch, *t.shape[2:]) for t in result.best]
-            best = assemble([*flat_best, *constants])
+            flat_kept = [t.reshape(restarts * batch, *t.shape[2:]) for t in kept]
+            carried = assemble([*flat_kept, *constants])
         history = [{"stage": description, **entry} for entry in result.history]
         return StageSearch(
-            variables=best,
-            distance=result.best_distance.detach().cpu(),
+            variables=carried,
+            distance=kept_distance.detach().cpu(),
             history=history,
             steps=result.steps,
             evaluations=matcher.evaluations,

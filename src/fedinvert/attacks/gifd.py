@@ -8,7 +8,8 @@ stage left it; the answer is the stage whose best image matches the observed gra
 
 Deliberate differences from the official code (reference/gia-codebases.md §3.15): each stage returns the image
 of its least-distance restart (the official ``choose_optimal`` returns the last restart's image); restarts
-run as one batch; ground truth never reorders labels.
+run as one batch; ground truth never reorders labels. Which iterate of a stage is recorded and carried on is
+a keyword (``carry``): ``final`` is the official behaviour, ``best`` keeps each restart's least-distance iterate.
 """
 
 from __future__ import annotations
@@ -55,16 +56,17 @@ STYLEGAN2_LATENT_RADII = [1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0
 class GIFD(GenerativeAttack):
     """GIFD (Fang et al., ICCV 2023): layer-wise search of a GAN's latent and intermediate features.
 
-    For R independent restarts (one batch; each carries its own best iterate from stage to stage):
+    For R independent restarts (one batch; each carries its own iterate of a stage into the next, see ``carry``):
 
     * stage 0: Adam on the latent (``lr``), renormalised to its starting norm after every step;
-    * stage k ≥ 1: Adam on the input feature ``h_k`` of block k, starting from the previous stage's best
+    * stage k ≥ 1: Adam on the input feature ``h_k`` of block k, starting from the previous stage's carried
       iterate propagated through block k−1 (``prior.advance``), its deviation from that start projected onto
       the ℓ1 ball of radius r_k after every step (per sample; exact sort-based projection). Variables of kind
       ``fixed`` (BigGAN's class-conditioning vector, StyleGAN2's RGB skip) are carried, not optimised;
     * every stage: ``steps_per_stage`` Adam steps with the ramp schedule (5 % warm-up, cosine decay over the
       last 75 %) restarted per stage, loss = gradient distance + ``tv``·TV + ``image_norm``·‖x‖₂/(H·W) on the
-      victim's input; each restart's least pure-distance iterate (no regularisers) is kept.
+      victim's input; each restart keeps the iterate ``carry`` names, scored by its pure distance (no
+      regularisers).
 
     Per stage the restart with the least distance is recorded (``Reconstruction.stages``, in [0, 1] at the
     victim's image shape); the answer is the recorded stage with the least distance (``selection="last"``: the
@@ -95,6 +97,12 @@ class GIFD(GenerativeAttack):
             others are only passed through. None: all stages.
         ball: apply the ℓ1 balls (False for the ablations GIFD-e and GIFD-f).
         selection: ``least_distance`` (GIFD, GIFD-e) or ``last`` (GIFD-f) — which stage is the answer.
+        carry: which iterate of a stage each restart records and hands to the next stage. ``best``: its least
+            pure-distance iterate, the stage's own start included, so per-stage distances never rise and a
+            deep stage can never be worse than the one before it. ``final``: its last evaluated iterate and
+            that iterate's distance — the official code's behaviour and the setting of ``gifd-e``, ``gifd-f``
+            and the official presets — so a deep stage can end worse than it began and choosing the
+            least-distance stage matters.
         tv: total-variation weight (1e-4); image_norm: ‖x‖₂/(H·W) weight (1e-6).
         distance: gradient distance (``cosine``: GIFD's global cosine).
         prune_ratio: for ``distance="masked_cosine"``.
@@ -133,6 +141,7 @@ class GIFD(GenerativeAttack):
         stages: list[str | int] | None = None,
         ball: bool = True,
         selection: Literal["least_distance", "last"] = "least_distance",
+        carry: Literal["best", "final"] = "best",
         tv: float = 1e-4,
         image_norm: float = 1e-6,
         distance: str = "cosine",
@@ -183,6 +192,7 @@ class GIFD(GenerativeAttack):
             raise ConfigError(f"attack.ball must be true or false, got {ball!r}")
         self.ball = ball
         self.selection = check_choice("selection", selection, ["least_distance", "last"])
+        self.carry = check_choice("carry", carry, ["best", "final"])
         self.schedule = validate_schedule(schedule)
         self.stage_indices = resolve_stages(self.prior, stages)
         last = self.stage_indices[-1]
@@ -317,6 +327,7 @@ class GIFD(GenerativeAttack):
                         regularizer=regularizer,
                         progress=progress,
                         description=tag + name,
+                        carry=self.carry,
                     )
                     run.evaluations += found.evaluations
                     run.compile_seconds += found.compile_seconds
@@ -397,22 +408,25 @@ def resolve_stages(prior: Prior, stages: Sequence[str | int] | None) -> list[int
 ATTACKS.add("gifd", GIFD)
 #: GIFD-z: the latent stage only (journal ablation).
 ATTACKS.add("gifd-z", GIFD, stages=[0])
-#: GIFD-f: latent and all feature stages without ℓ1 balls; the last stage is the answer.
-ATTACKS.add("gifd-f", GIFD, ball=False, selection="last")
+#: GIFD-f: latent and all feature stages without ℓ1 balls, each stage carrying its final iterate (official);
+#: the last stage is the answer.
+ATTACKS.add("gifd-f", GIFD, ball=False, selection="last", carry="final")
 #: GIFD-e: as GIFD-f, but the least-distance stage is the answer.
-ATTACKS.add("gifd-e", GIFD, ball=False)
+ATTACKS.add("gifd-e", GIFD, ball=False, carry="final")
 #: The official settings as keyword presets: ``GIFD(prior=biggan, **OFFICIAL_SETTINGS["biggan"])``. Absolute
 #: learning rate 0.1 and absolute radii; BigGAN-deep: latent + K = 9 feature stages (journal), StyleGAN2: latent +
 #: K = 4 feature stages with balls on w and the noise maps too. Not registered as attacks: they name stages that
 #: only those priors have.
 OFFICIAL_SETTINGS: dict[str, dict[str, Any]] = {
     "biggan": {
+        "carry": "final",
         "feature_lr": "absolute",
         "radius_mode": "absolute",
         "radii": BIGGAN_RADII,
         "stages": list(range(10)),
     },
     "stylegan2": {
+        "carry": "final",
         "feature_lr": "absolute",
         "radius_mode": "absolute",
         "radii": STYLEGAN2_RADII,
