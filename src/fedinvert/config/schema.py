@@ -89,9 +89,18 @@ def _parse_yaml(raw: bytes, name: str) -> Any:
     try:
         data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506  (a safe loader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {name} is not valid YAML: {str(err).splitlines()[0]}") from None
-    check_plain(data, f"config file {name}")
+        raise ConfigError(f"config file {name} is not valid YAML: {_yaml_problem(err)}") from None
+    check_plain(data, source=f"config file {name}")
     return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """What is wrong and where, on one line."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(problem or str(err).splitlines()[0])
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -199,7 +208,7 @@ def resolve_config(overrides: Sequence[str] = (), *, base: dict[str, Any] | None
     merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     layers: list[dict[str, Any]] = []
     if base is not None:
-        check_plain(base, "the base configuration")
+        check_plain(base, source="the base configuration")
         layers.append(_normalise_groups(base))
     layers.extend(_normalise_groups(load_preset(p)) for p in presets)
     layers.extend(_parse_overrides(overrides))

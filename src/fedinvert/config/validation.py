@@ -155,6 +155,11 @@ def _yaml_text(value: Any) -> str:
     return str(value)
 
 
+def _number_text(value: Any) -> Any:
+    """``0`` for a bound pydantic has turned into ``0.0``."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def show(value: Any, limit: int = 60) -> str:
     """``repr(value)`` on one line, cut to about ``limit`` characters."""
     text = repr(value)
@@ -193,7 +198,7 @@ def check_value(key: str, annotation: Any, value: Any) -> Any:
         if template is None and error["type"] != "value_error":
             continue
         where = key + "".join(f"[{part}]" for part in error["loc"] if isinstance(part, int))
-        context = error.get("ctx") or {}
+        context = {k: _number_text(v) for k, v in (error.get("ctx") or {}).items()}
         what = str(context.get("error", "")) if template is None else template.format(**context)
         raise ConfigError(f"{where}: {what}, got {show(error['input'])}")
     raise ConfigError(f"{key}: must be {describe(annotation)}, got {show(value)}")
@@ -404,8 +409,8 @@ def _check_keywords(group: str, name: str, factory: Callable[..., Any], section:
     unknown = sorted(str(k) for k in set(given) - set(valid))
     if unknown:
         raise ConfigError(
-            f"{group}.{unknown[0]}: unknown key for {group.split('.')[0]} '{name}'; valid keys: "
-            f"{', '.join(sorted(valid)) or 'none'}"
+            f"{group}.{unknown[0]}: unknown key for {group.split('.')[0]} '{name}'; "
+            + (f"valid keys: {', '.join(sorted(valid))}" if valid else "it takes no keys")
         )
     schema = keyword_schema(group.split(".")[0], factory, list(given), table=table)
     checked = {key: check_value(f"{group}.{key}", schema[key], value) for key, value in given.items()}
@@ -435,11 +440,12 @@ def _check_normalization(value: Any, channels: int | None) -> Any:
     for key in NORMALIZATION:
         if key not in checked:
             raise ConfigError(f"normalization.{key}: missing; give mean and std, one entry or one per channel")
-        allowed = {1, channels} if channels else {1, 3}
+        allowed = sorted({1, channels} if channels else {1, 3})
         if len(checked[key]) not in allowed:
+            counts = "1 entry" if allowed == [1] else f"{' or '.join(map(str, allowed))} entries"
             raise ConfigError(
-                f"normalization.{key}: must hold {' or '.join(map(str, sorted(allowed)))} entries (one, or one per"
-                f" channel), got {show(checked[key])}"
+                f"normalization.{key}: must hold {counts} (one for all channels, or one per channel),"
+                f" got {show(checked[key])}"
             )
     return checked
 
@@ -578,38 +584,38 @@ def _check_exists(key: str, path: str | None) -> None:
 
 
 # -- bounds on raw input ---------------------------------------------------------------------------------
-def check_plain(data: Any, source: str) -> None:
+def check_plain(data: Any, where: str = "", *, source: str | None = None) -> None:
     """Refuse what YAML can hold but a configuration must not: values other than strings, numbers, booleans,
     null, lists and string-keyed mappings (dates, binary), lists longer than `MAX_LIST_ENTRIES`, more than
     `MAX_NODES` values (aliases count each time they are used) or nesting deeper than `MAX_DEPTH`.
 
-    ``source`` names the file or argument in the message. Runs in time bounded by `MAX_NODES`.
+    ``where`` is the dotted key of ``data`` (empty for a whole file); ``source`` names the file in the
+    message. Runs in time bounded by `MAX_NODES`.
     """
-    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+    lead = f"{source}: " if source else ""
+    stack: list[tuple[str, Any, int]] = [(where, data, 0)]
     nodes = 1
     while stack:
-        where, value, depth = stack.pop()
-        label = where or "(top level)"
+        path, value, depth = stack.pop()
+        label = path or "the top level"
         if depth > MAX_DEPTH:
-            raise ConfigError(f"{source}: {label} nests deeper than {MAX_DEPTH} levels")
+            raise ConfigError(f"{lead}{show(label, 80)[1:-1]}: nests deeper than {MAX_DEPTH} levels")
         if isinstance(value, (Mapping, list)):
             nodes += len(value)
             if nodes > MAX_NODES:
-                raise ConfigError(f"{source}: holds more than {MAX_NODES} values; a configuration is far smaller")
+                raise ConfigError(f"{lead}{label}: holds more than {MAX_NODES} values; a configuration is far smaller")
         if isinstance(value, Mapping):
             for key, item in value.items():
                 if not isinstance(key, str):
-                    raise ConfigError(f"{source}: {where + '.' if where else ''}{show(key)}: keys must be names")
-                stack.append((f"{where}.{key}" if where else key, item, depth + 1))
+                    raise ConfigError(f"{lead}{path + '.' if path else ''}{show(key)}: keys must be names")
+                stack.append((f"{path}.{key}" if path else key, item, depth + 1))
         elif isinstance(value, list):
             if len(value) > MAX_LIST_ENTRIES:
-                raise ConfigError(
-                    f"{source}: {label} must hold at most {MAX_LIST_ENTRIES} entries, got {len(value)}"
-                )
-            stack.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
+                raise ConfigError(f"{lead}{label}: must hold at most {MAX_LIST_ENTRIES} entries, got {len(value)}")
+            stack.extend((f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value))
         elif not (value is None or isinstance(value, (str, int, float, bool))):
             raise ConfigError(
-                f"{source}: {label}: must be a string, number, true/false, null, list or mapping, got {show(value)}"
+                f"{lead}{label}: must be a string, number, true/false, null, list or mapping, got {show(value)}"
             )
 
 
