@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 import fedinvert
@@ -30,16 +29,26 @@ from fedinvert import metrics as metrics_mod
 from fedinvert.attacks import ATTACKS, Attack
 from fedinvert.attacks.base import resolve_device
 from fedinvert.config import resolve_keywords
-from fedinvert.config.validation import validate_config
 from fedinvert.config.schema import DEFAULTS as _CONFIG_DEFAULTS
+from fedinvert.config.validation import validate_config
 from fedinvert.data import check_normalization, load_batch, resolve_normalization
 from fedinvert.data.base import DATASETS
 from fedinvert.defenses import build_defenses, client_count, federated_round
-from fedinvert.errors import CheckpointError, ConfigError, FedinvertError
+from fedinvert.errors import CheckpointError, ConfigError, FedinvertError, ObservationError
 from fedinvert.fl import GUESSED_LOCAL_TRAINING, FedAvgClient, FedSGDClient, split_clients
+from fedinvert.memory import check_memory, parameter_count
 from fedinvert.models import build_model
-from fedinvert.observation import Capability, DefenseSpec, LocalTraining, Observation, Reconstruction
+from fedinvert.observation import (
+    Capability,
+    DefenseSpec,
+    LocalTraining,
+    Observation,
+    ObservationMetadata,
+    Reconstruction,
+)
 from fedinvert.report import leakage_caption, save_grid, save_loss_plot
+from fedinvert.run_folder import OutputTarget, deferred_sigint, json_text
+from fedinvert.run_folder import prepare as prepare_output
 from fedinvert.seeding import generator, stream_seed
 
 log = logging.getLogger(__name__)
@@ -134,6 +143,8 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
             f"dataset.indices must hold batch_size × defense.secure_aggregation.clients = {batch_size} × {clients}"
             f" = {total} indices (one batch per client), got {len(indices)}"
         )
+    if image_size is not None:  # before the batch is allocated (the data set may not know its channels yet)
+        check_memory(images=total, channels=int(cfg.get("channels") or 3), height=image_size, width=image_size)
     batch = load_batch(
         ds_name,
         batch_size=total,
@@ -158,6 +169,9 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
 
     model_cfg = dict(cfg["model"])
     model_name = model_cfg.pop("name")
+    shape = {"in_channels": channels, "num_classes": num_classes, "image_size": height}
+    parameters = parameter_count(model_name, **shape, seed=seed, **model_cfg)  # counted without allocating
+    check_memory(images=total, channels=channels, height=height, width=width, parameters=parameters)
     model = build_model(model_name, in_channels=channels, num_classes=num_classes, image_size=height, seed=seed, **model_cfg)
 
     proto_cfg = dict(cfg["protocol"])
@@ -234,7 +248,8 @@ def save_observation(path: Path, scenario: Scenario, cfg: dict[str, Any]) -> Non
     if obs.labels is not None:
         tensors["labels"] = obs.labels.cpu()
     meta = {
-        "model": cfg["model"],
+        # a re-attacked observation keeps its own victim: the config's model section does not apply to it
+        "model": scenario.info.get("victim", cfg["model"]),
         "model_training": obs.model.training,
         "kind": obs.kind,
         "image_shape": list(obs.image_shape),
@@ -249,55 +264,165 @@ def save_observation(path: Path, scenario: Scenario, cfg: dict[str, Any]) -> Non
     save_file(tensors, str(path), metadata={"fedinvert": json.dumps(meta)})
 
 
+#: The keys that set up the client side; a saved observation has fixed all of them (``threat.labels`` aside).
+FIXED_BY_OBSERVATION = (
+    "batch_size", "image_size", "channels", "num_classes", "normalization", "dataset", "model", "protocol", "defense",
+)
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    """A nested mapping as dotted keys; an empty mapping is a value of its own."""
+    if isinstance(value, dict) and value:
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+def observation_conflicts(cfg: dict[str, Any]) -> list[str]:
+    """The keys of ``cfg`` that differ from their defaults but cannot apply to a saved observation: the
+    client side (`FIXED_BY_OBSERVATION`) and every ``threat`` key except ``labels``."""
+    from fedinvert.config import DEFAULTS
+
+    conflicts = []
+    groups = {**{key: key for key in FIXED_BY_OBSERVATION}, **{f"threat.{k}": "threat" for k in DEFAULTS["threat"]}}
+    for name, group in groups.items():
+        if name == "threat.labels" or group not in cfg:
+            continue
+        given = _flat(cfg[group], group)
+        default = _flat(DEFAULTS.get(group), group)
+        for key, value in given.items():
+            if (key == name or key.startswith(name + ".")) and value != default.get(key):
+                conflicts.append(key)
+    return sorted(set(conflicts))
+
+
+def _read_safetensors(path: Path, what: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; CheckpointError naming ``path`` if it is not one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path} is not a fedinvert {what} file ({reason})") from None
+    return tensors, meta
+
+
+def _check_private(path: Path, stored: dict[str, Tensor], obs: Observation) -> tuple[Tensor, Tensor | None]:
+    """The private batch and labels of a run's ``tensors.safetensors``, checked against the observation."""
+    private, labels = stored.get("private"), stored.get("labels")
+    shape = tuple(obs.image_shape)
+    if private is None:
+        raise CheckpointError(f"{path} holds no 'private' images; move it away to attack without evaluation")
+    if not private.is_floating_point() or private.dim() != 4 or tuple(private.shape[1:]) != shape:
+        raise CheckpointError(
+            f"{path}: 'private' must be (B, {', '.join(map(str, shape))}) floating point images as the observation"
+            f" says, got {private.dtype} of shape {tuple(private.shape)}"
+        )
+    if obs.batch_size is not None and len(private) != obs.batch_size:
+        raise CheckpointError(f"{path}: {len(private)} private images for an observation of batch size {obs.batch_size}")
+    if not torch.isfinite(private).all() or float(private.min()) < 0 or float(private.max()) > 1:
+        raise CheckpointError(f"{path}: 'private' must hold finite images in [0, 1]")
+    if labels is not None and (
+        labels.dtype.is_floating_point or labels.shape != (len(private),)
+        or (len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= obs.num_classes))
+    ):
+        raise CheckpointError(
+            f"{path}: 'labels' must be {len(private)} integers in [0, {obs.num_classes}), got {labels.dtype}"
+            f" of shape {tuple(labels.shape)}"
+        )
+    return private.float(), None if labels is None else labels.long()
+
+
 def load_observation(path: str | Path, cfg: dict[str, Any]) -> Scenario:
     """Rebuild an Observation from `observation.safetensors`; the private batch is taken from the
-    `tensors.safetensors` beside it, if there is one (for evaluation only)."""
+    `tensors.safetensors` beside it, if there is one (for evaluation only).
+
+    Everything is checked before a tensor is built: the config must leave the client side alone
+    (`observation_conflicts`), the metadata must fit `ObservationMetadata`, the tensors must be the update,
+    the weights and buffers, and at most the labels, all finite, and the victim must fit in memory. The saved
+    labels are used only when ``threat.labels=known`` grants them now; otherwise they are dropped (the
+    scenario's ``info["saved_labels"]`` says which, and run.json records it).
+
+    Raises:
+        ConfigError: the file does not exist, a config key cannot apply, threat.labels=known without saved
+            labels, or the victim does not fit in memory.
+        CheckpointError: the file (or ``tensors.safetensors`` beside it) is not what fedinvert writes.
+        ObservationError: the update does not fit the victim or holds NaN/inf.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "observation.safetensors"
     if not path.is_file():
         raise ConfigError(f"observation file {path} does not exist")
+    conflicts = observation_conflicts(cfg)
+    if conflicts:
+        raise ConfigError(
+            f"observation={path} fixes the data, the victim and the client side; these keys cannot apply to it:"
+            f" {', '.join(conflicts)}; leave them out when re-attacking it"
+        )
+    tensors, file_meta = _read_safetensors(path, "observation")
+    if "fedinvert" not in file_meta:
+        raise CheckpointError(f"{path} is not a fedinvert observation file (no fedinvert metadata)")
+    meta = ObservationMetadata.read(file_meta["fedinvert"], source=str(path))
+    unexpected = sorted(n for n in tensors if not n.startswith(("update.", "model.")) and n != "labels")
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r} (an observation holds update.*, model.*, labels)")
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or inf")
+    channels, height, width = meta.image_shape
+    options = {k: v for k, v in meta.model.model_dump().items() if k != "name"}
+    shape = {"in_channels": channels, "num_classes": meta.num_classes, "image_size": height}
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})["fedinvert"])
-        tensors = load_file(str(path))
-    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as err:
-        raise CheckpointError(f"{path} is not a fedinvert observation file ({type(err).__name__})") from None
-    model_cfg = dict(meta["model"])
-    name = model_cfg.pop("name")
-    channels, height, _ = meta["image_shape"]
-    model = build_model(name, in_channels=channels, num_classes=meta["num_classes"], image_size=height, **model_cfg)
+        parameters = parameter_count(meta.model.name, **shape, **options)
+    except (ConfigError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: cannot build the victim '{meta.model.name}': {str(err).splitlines()[0]}") from None
+    check_memory(images=meta.batch_size or 1, channels=channels, height=height, width=width, parameters=parameters)
+    model = build_model(meta.model.name, **shape, **options)
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: model weights do not match '{name}': {str(err).splitlines()[0]}") from None
-    model.train(bool(meta["model_training"]))
+        raise CheckpointError(
+            f"{path}: model weights do not match '{meta.model.name}': {str(err).splitlines()[0]}"
+        ) from None
+    model.train(meta.model_training)
     update = {k[len("update.") :]: v for k, v in tensors.items() if k.startswith("update.")}
-    obs = Observation(
-        model=model,
-        update=update,
-        kind=meta["kind"],
-        image_shape=tuple(meta["image_shape"]),  # type: ignore[arg-type]
-        num_classes=int(meta["num_classes"]),
-        normalization=(tuple(meta["normalization"][0]), tuple(meta["normalization"][1])),
-        batch_size=meta["batch_size"],
-        labels=tensors.get("labels"),
-        loss=meta.get("loss", "cross_entropy"),
-        local_training=LocalTraining(**meta["local_training"]) if meta.get("local_training") else None,
-        defenses=tuple(DefenseSpec(name=d["name"], params=d["params"]) for d in meta.get("defenses", [])),
-    )
+    saved_labels = tensors.get("labels")
+    if cfg["threat"]["labels"] == "known" and saved_labels is None:
+        raise ConfigError(
+            f"threat.labels=known, but {path} holds no labels (the run that saved it did not grant them);"
+            " use threat.labels=inferred"
+        )
+    labels_use = "none saved" if saved_labels is None else "used" if cfg["threat"]["labels"] == "known" else "dropped"
+    try:
+        obs = Observation(
+            model=model,
+            update=update,
+            kind=meta.kind,
+            image_shape=meta.image_shape,
+            num_classes=meta.num_classes,
+            normalization=(tuple(meta.normalization[0]), tuple(meta.normalization[1])),
+            batch_size=meta.batch_size,
+            labels=saved_labels if labels_use == "used" else None,
+            loss=meta.loss,
+            local_training=LocalTraining(**meta.local_training.model_dump()) if meta.local_training else None,
+            defenses=tuple(DefenseSpec(name=d.name, params=dict(d.params)) for d in meta.defenses),
+        )
+    except ObservationError as err:
+        raise ObservationError(f"{path}: {err}") from None
+    if saved_labels is not None and labels_use == "dropped":
+        log.info("%s: the saved labels are not used, as threat.labels=%s", path, cfg["threat"]["labels"])
     private = private_labels = None
     private_file = path.parent / "tensors.safetensors"
     if private_file.is_file():
-        stored = load_file(str(private_file))
-        private, private_labels = stored.get("private"), stored.get("labels")
+        private, private_labels = _check_private(private_file, _read_safetensors(private_file, "run tensors")[0], obs)
     granted = {Capability.PRIOR} if cfg.get("prior") else set()
     return Scenario(
         observation=obs, private=private, private_labels=private_labels, granted=frozenset(granted),
-        info={"observation": str(path), "data": meta.get("data")},
+        info={"observation": str(path), "victim": meta.model.model_dump(), "saved_labels": labels_use, "data": meta.data},
     )
 
 
@@ -464,26 +589,47 @@ def evaluate_run(
 
 
 # -- the run -------------------------------------------------------------------------------------------
-def _prepare_out(cfg: dict[str, Any]) -> Path:
+def _prepare_out(cfg: dict[str, Any]) -> OutputTarget:
+    """The run folder checked and its temporary sibling reserved, before any work (`fedinvert.run_folder`).
+
+    ``out`` defaults to ``runs/<attack>-<time stamp>`` (recorded in the config); ``overwrite`` must be
+    exactly true or false and replaces only a run folder.
+    """
+    overwrite = cfg.get("overwrite", False)
+    if not isinstance(overwrite, bool):  # a YAML "false" or "maybe" must not replace anything
+        raise ConfigError(f"overwrite must be true or false, got {overwrite!r}")
     out = cfg.get("out")
-    if not out:
+    if out is None or out == "":
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = f"runs/{cfg['attack']['name']}-{stamp}"
         cfg["out"] = out
-    path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not cfg.get("overwrite"):
-        raise ConfigError(f"output folder {path} exists and is not empty; choose another out= or set overwrite=true")
-    return path
+    if not isinstance(out, (str, os.PathLike)):
+        raise ConfigError(f"out must be a folder path, got {out!r}")
+    return prepare_output(out, overwrite=overwrite is True)
 
 
 def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = None) -> RunResult:
     """Execute one attack run from a resolved config (see `fedinvert.config.resolve_config`).
 
-    Input errors surface as `FedinvertError` before anything is written; the run folder appears only when
-    complete (written into a temporary sibling, then renamed).
+    Input errors surface as `FedinvertError` before anything is written. With ``write``, the run folder is
+    checked and its temporary sibling created before any work; the folder appears only when complete
+    (renamed from the sibling), and a run that fails leaves nothing behind.
     """
     cfg = json.loads(json.dumps(validate_config(cfg)))  # checked before any work; a private, plain copy
-    out = _prepare_out(cfg) if write else None
+    target = _prepare_out(cfg) if write else None
+    try:
+        result = _execute(cfg, argv=argv)
+    except BaseException:
+        if target is not None:
+            target.discard()
+        raise
+    if target is not None:
+        write_run_folder(target.out, result, target=target)
+    return result
+
+
+def _execute(cfg: dict[str, Any], *, argv: list[str] | None) -> RunResult:
+    """Scenario, attack and evaluation of `run` (the config already checked); nothing is written here."""
     device = resolve_device(cfg.get("device", "auto"))
     t0 = time.perf_counter()
     scenario = build_scenario(cfg)
@@ -502,7 +648,7 @@ def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = Non
         rec = attack.reconstruct(scenario.observation, rng=rng, progress=bool(cfg.get("progress")))
         wall = time.perf_counter() - t1
     compile_seconds = float(rec.extras.get("compile_seconds", 0.0))
-    metrics = evaluate_run(scenario, rec, settings=cfg.get("metrics"))
+    metrics = _evaluate_or_record(scenario, rec, settings=cfg.get("metrics"))
     metrics.update({"seconds": wall - compile_seconds, "compile_seconds": compile_seconds, "iterations": rec.iterations,
                     "distance": rec.score})
     run_info = {
@@ -523,39 +669,59 @@ def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = Non
         "attack_details": dict(rec.extras),  # plain data; run.json writes anything else with str()
         "command": argv if argv is not None else sys.argv,
     }
-    result = RunResult(config=cfg, metrics=metrics, reconstruction=rec, scenario=scenario, run_info=run_info)
-    if write and out is not None:
-        write_run_folder(out, result)
-        result.out = out
-    return result
+    return RunResult(config=cfg, metrics=metrics, reconstruction=rec, scenario=scenario, run_info=run_info)
 
 
-def write_run_folder(out: Path, result: RunResult) -> None:
-    """Write everything into a temporary sibling, then rename it to ``out`` (replacing it with overwrite)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+def _evaluate_or_record(scenario: Scenario, rec: Reconstruction, *, settings: dict[str, Any] | None) -> dict[str, Any]:
+    """`evaluate_run`, or, when the metrics cannot be computed (NaN images, a failing metric, Ctrl-C), null
+    metrics with an ``error`` field: the finished reconstruction is written either way."""
     try:
-        _write_contents(tmp, result)
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return evaluate_run(scenario, rec, settings=settings)
+    except KeyboardInterrupt:
+        reason = "evaluation interrupted (Ctrl-C)"
+    except Exception as err:  # whatever fails in a metric must not lose the finished attack; it is recorded
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+    log.warning("the metrics could not be computed (%s); the run is written with null metrics", reason)
+    return {"psnr": None, "ssim": None, "mse": None, "label_accuracy": None, "per_image": [], "error": reason}
+
+
+def write_run_folder(out: Path, result: RunResult, *, target: OutputTarget | None = None) -> None:
+    """Write everything into the temporary sibling of ``out``, then rename it to ``out`` (replacing a run
+    folder there with overwrite); sets ``result.out``. Ctrl-C meanwhile is held back until the folder is
+    complete (logged, not raised: the finished run is kept).
+
+    Args:
+        out: the run folder.
+        result: what to write.
+        target: the reservation `run` made before the attack; None reserves one now (no overwrite).
+
+    Raises:
+        ConfigError: the folder cannot be written or moved into place (the message says where the finished
+            run is when it was written).
+    """
+    if target is None:
+        target = prepare_output(out, overwrite=False)
+    with deferred_sigint() as interrupted:
+        try:
+            _write_contents(target.tmp, result)
+        except OSError as err:
+            target.discard()
+            raise ConfigError(f"cannot write the run folder {out} ({err.strerror or err})") from None
+        except BaseException:
+            target.discard()
+            raise
+        target.finish()
+    result.out = target.out
+    if interrupted:
+        log.warning("Ctrl-C came while the run folder was written; it was completed first: %s", target.out)
 
 
 def _write_contents(folder: Path, result: RunResult) -> None:
     rec, scenario = result.reconstruction, result.scenario
     (folder / "config.yaml").write_text(yaml.safe_dump(result.config, sort_keys=False))
-    (folder / "run.json").write_text(json.dumps(result.run_info, indent=2, default=str))
-    (folder / "metrics.json").write_text(json.dumps(result.metrics, indent=2, allow_nan=False))
-    (folder / "history.json").write_text(json.dumps(rec.history, indent=1, default=float))
+    (folder / "run.json").write_text(json_text(result.run_info, what="run.json"))
+    (folder / "metrics.json").write_text(json_text(result.metrics, what="metrics.json"))
+    (folder / "history.json").write_text(json_text(rec.history, what="history.json", indent=1))
     tensors = {"reconstruction": rec.images.contiguous()}
     if rec.labels is not None:
         tensors["reconstructed_labels"] = rec.labels.contiguous()

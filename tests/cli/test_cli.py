@@ -93,8 +93,14 @@ def test_existing_output_folder_is_refused_unless_overwrite(tmp_path, capsys):
     assert main(["attack", *SMALL, f"out={out}"]) == 2
     assert "overwrite=true" in _one_error_line(capsys)
     assert (out / "keep.txt").read_text() == "mine"
-    assert main(["attack", *SMALL, f"out={out}", "overwrite=true"]) == 0
-    assert (out / "metrics.json").is_file() and not (out / "keep.txt").exists()
+    # overwrite=true replaces only a run folder: this one is the user's
+    assert main(["attack", *SMALL, f"out={out}", "overwrite=true"]) == 2
+    assert "not a fedinvert run folder" in _one_error_line(capsys)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert main(["attack", *SMALL, f"out={out}"]) == 0  # an empty folder is used
+    assert main(["attack", *SMALL, f"out={out}", "overwrite=true"]) == 0  # a run folder is replaced
+    assert (out / "metrics.json").is_file()
 
 
 def test_corrupt_observation_file_is_refused(tmp_path, capsys):
