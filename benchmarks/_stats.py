@@ -34,10 +34,11 @@ CONFIDENCE = 0.95
 NO_LEAK = "no leak measured"
 
 #: what each per-batch row holds (besides ``batch``, ``seed`` and ``indices``)
-BATCH_FIELDS = ("psnr", "ssim", "reference_psnr", "leakage_db", "reid_top1", "label_accuracy", "seconds")
+BATCH_FIELDS = ("psnr", "ssim", "reference_psnr", "leakage_db", "reid_top1", "st_lpips", "label_accuracy",
+                "seconds")
 #: the columns of a cell summary, in CSV order
 SUMMARY_FIELDS = ("n_batches", "psnr_mean", "psnr_ci95", "ssim_mean", "reference_psnr", "leakage_db",
-                  "leakage_ci95", "reid_top1", "label_accuracy", "seconds_mean", "verdict")
+                  "leakage_ci95", "reid_top1", "st_lpips", "label_accuracy", "seconds_mean", "verdict")
 #: the columns of a paired difference, in CSV order
 PAIRED_FIELDS = ("key", "n_batches", "diff_mean", "diff_ci95", "diff_low", "diff_high", "excludes_zero")
 
@@ -204,7 +205,10 @@ def _required(metrics: dict[str, Any], key: str) -> Any:
 
 
 def batch_row(result: RunResult) -> dict[str, Any]:
-    """The per-batch scores of one run (``BATCH_FIELDS``); ContractError when the reference keys are missing."""
+    """The per-batch scores of one run (``BATCH_FIELDS``); ContractError when the reference keys are missing.
+
+    ``reid_top1`` and ``st_lpips`` may be None (no distractors, no ST-LPIPS weights); the rest is required.
+    """
     m = result.metrics
     reference = _required(m, "reference")
     leakage = _required(m, "leakage_db")
@@ -217,6 +221,7 @@ def batch_row(result: RunResult) -> dict[str, Any]:
         "reference_psnr": float(reference["psnr"]),
         "leakage_db": float(leakage),
         "reid_top1": None if reid is None else float(reid),
+        "st_lpips": None if m.get("st_lpips") is None else float(m["st_lpips"]),
         "label_accuracy": None if m.get("label_accuracy") is None else float(m["label_accuracy"]),
         "seconds": float(m["seconds"]),
     }
@@ -289,6 +294,7 @@ def summarize(rows: Sequence[dict[str, Any]], *, means: Sequence[str] = ()) -> d
         "leakage_db": leakage.mean,
         "leakage_ci95": leakage.half,
         "reid_top1": _mean(rows, "reid_top1"),
+        "st_lpips": _mean(rows, "st_lpips"),
         "label_accuracy": _mean(rows, "label_accuracy"),
         "seconds_mean": _mean(rows, "seconds"),
         "verdict": verdict(leakage),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,13 @@ def fmt(value: Any, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, fields: Sequence[str] | None = None) -> Path:
-    """Write ``rows`` (missing fields left empty) to ``path``, creating its folder; returns the path."""
+def write_csv(
+    rows: Sequence[dict[str, Any]], path: str | Path, fields: Sequence[str] | None = None, *, digits: int | None = None
+) -> Path:
+    """Write ``rows`` (missing fields left empty) to ``path``, creating its folder; returns the path.
+
+    With ``digits`` every float is rounded to that many decimals (infinite values are kept as ``inf``).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fields = list(fields or (rows[0] if rows else []))
@@ -44,8 +50,14 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, fields: Sequence
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row.get(k, "") for k in fields})
+            writer.writerow({k: _rounded(row.get(k, ""), digits) for k in fields})
     return target
+
+
+def _rounded(value: Any, digits: int | None) -> Any:
+    if digits is None or not isinstance(value, float) or not math.isfinite(value):
+        return value
+    return round(value, digits)
 
 
 def companion(path: str | Path, suffix: str) -> Path:

@@ -1,20 +1,33 @@
 """Realistic federated learning against Inverting Gradients and GIFD: FedAvg simulation and defences.
 
-Part 1 has the shape of the TPAMI GIA survey's Table III (Guo et al. 2025): a FedAvg client trains E local
-epochs with local batch b and shares its weight delta; the attacker unrolls the known local training
-(strong), the survey's guess b = 8, E = 2, lr 1e-3 (weak), or treats −Δ/η as one gradient (none).
-Part 2 runs FedSGD against each defence at several strengths, with the adaptive attacker off and on
-(on replays the defence's deterministic transform; noise and DP-SGD have none, so they run once).
+Part 1 (``fedavg``) has the shape of the TPAMI GIA survey's Table III (Guo et al. 2025): a FedAvg client
+trains E local epochs with local batch b and shares its weight delta; the attacker unrolls the known local
+training (strong), the survey's guess b = 8, E = 2, lr 1e-3 (weak), or treats −Δ/η as one gradient (none).
+Part 2 (``defense``) runs FedSGD against each defence, with the adaptive attacker off or on (on replays the
+defence's deterministic transform; noise and DP-SGD have none, so they run once).
 
-    python benchmarks/fl.py            # the default subset: about 20 minutes on 2 shared CPU cores
-    python benchmarks/fl.py --full     # the paper-sized grid (attack defaults, 8 images; GPU-sized)
-    python benchmarks/fl.py --smoke    # a short check that every path runs (numbers meaningless)
+Each cell runs on ``--batches`` private batches (default 8) of distinct, seeded LFW faces, the same batches
+for every cell; each batch has its own victim initialisation and attack seed. A cell reports the mean and
+95 % t-interval over its batches of PSNR and of the leakage above the no-leak reference of the same batch (the
+best of a constant image, the mean image and random faces), the reference itself and re-identification
+top-1; then paired differences on the same batches: every defended cell − the undefended one, adaptive on −
+off, strong − none and strong − weak simulation, GIFD − IG. Under secure aggregation a batch is the
+attacked client's images followed by the other clients' (drawn from faces in no batch while they last).
+
+    python benchmarks/fl.py            # B = 4, 32 px; IG: FedAvg (E, b) = (2, 4) strong and none; no defence,
+                                       # Gaussian noise, pruning, Soteria, secure aggregation (2 clients),
+                                       # DP-SGD at their middle strength (adaptive where replayable);
+                                       # GIFD without defence: ~20 min on 1 core
+    python benchmarks/fl.py --full     # B = 8: E ∈ {1, 2, 5} × b ∈ {1, 4, 8} × 3 simulations, every defence at
+                                       # 3 strengths, adaptive off and on, IG and GIFD at the attacks' own
+                                       # defaults (GPU-sized)
+    python benchmarks/fl.py --smoke    # one cell of each kind, 2 batches, tiny budgets (numbers meaningless)
 
 Every run: ConvNet with GroupNorm (DP-SGD cannot train BatchNorm) at half width, LFW faces, labels known to
 the attacker (the survey's setting), local lr 0.01 (the survey's), eager steps (compiling the unrolled
 simulation takes minutes here). GIFD uses the face-dcgan prior through the runner (attack=gifd
-prior=face-dcgan); it is skipped with a note when the prior cannot be loaded. Prints the table, writes it as
-CSV (``--csv``), and lists what the chosen size left out.
+prior=face-dcgan); it is skipped with a note when the prior cannot be loaded. Writes the cell table
+(``--csv``), the paired differences (``*_paired.csv``) and every batch's scores (``*_batches.csv``).
 """
 
 from __future__ import annotations
@@ -23,13 +36,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from _tables import fmt, parse_sized, sized_parser, write_csv
+from _stats import PAIRED_FIELDS, batch_indices, extend_batches, pair_label, paired, run_cell, summarize
+from _tables import companion, parse_sized, print_cells, print_pairs, sized_parser, write_csv
 
-from fedinvert.config import resolve_config
 from fedinvert.errors import FedinvertError
-from fedinvert.runner import run
 
 SIMULATIONS = ("strong", "weak", "none")
+DATASET = "lfw"
 
 #: defence -> (parameter, strengths from weak to strong, fixed extra overrides)
 DEFENCES: dict[str, tuple[str, list[Any], list[str]]] = {
@@ -43,6 +56,12 @@ DEFENCES: dict[str, tuple[str, list[Any], list[str]]] = {
     "dp_sgd": ("noise_multiplier", [0.01, 0.1, 1.0], ["defense.dp_sgd.max_grad_norm=1.0"]),
 }
 REPLAYABLE = {"clipping", "pruning", "quantization", "soteria", "secure_aggregation"}
+#: the defences of the default size (at their middle strength); the others fit only --full's time
+DEFAULT_DEFENCES = ("gaussian_noise", "pruning", "soteria", "secure_aggregation", "dp_sgd")
+
+#: attack budgets of the default size (overrides); move them to each attack's knee from benchmarks/convergence.py
+IG_DEFAULT = ["attack.iterations=480", "attack.restarts=1"]
+GIFD_DEFAULT = ["attack.steps_per_stage=40", "attack.restarts=1"]
 
 
 @dataclass
@@ -52,45 +71,49 @@ class Size:
     name: str
     images: int
     image_size: int
-    epochs: list[int]
-    local_batches: list[int]
-    strengths: int  # how many strengths per defence (from the weakest)
-    defences: list[str]
+    batches: int
     ig: list[str]  # attack overrides
     gifd: list[str]
-    gifd_cells: list[tuple[int, int]]  # (E, b) cells of Table III run with GIFD
-    gifd_strengths: list[int]  # indices of the strengths GIFD runs per defence
+    ig_fedavg: list[tuple[int, int, str]]  # (E, b, simulation) cells of Table III run with IG
+    gifd_fedavg: list[tuple[int, int, str]]  # (E, b, simulation) cells run with GIFD
+    ig_defences: list[tuple[str, int]]  # (defence, index into its strengths) run with IG
+    gifd_defences: list[tuple[str, int]]  # (defence, strength index) run with GIFD
+    adaptive: tuple[bool, ...]  # adaptive settings for replayable defences
+    secagg_clients: int | None = None  # largest client count run (None: all)
     left_out: list[str] = field(default_factory=list)
 
 
 SIZES = {
     "smoke": Size(
-        name="smoke", images=2, image_size=16, epochs=[1], local_batches=[1], strengths=1,
-        defences=["gaussian_noise", "clipping", "pruning", "soteria", "quantization", "secure_aggregation", "dp_sgd"],
-        ig=["attack.iterations=2"],
+        name="smoke", images=2, image_size=16, batches=2, ig=["attack.iterations=2"],
         gifd=["attack.steps_per_stage=1", "attack.restarts=1"],
-        gifd_cells=[(1, 1)], gifd_strengths=[0],
+        ig_fedavg=[(1, 1, s) for s in SIMULATIONS], gifd_fedavg=[(1, 1, "strong")],
+        ig_defences=[(d, 0) for d in DEFENCES],
+        gifd_defences=[("gaussian_noise", 0)], adaptive=(False, True),
         left_out=["everything but one cell per kind of run: numbers are meaningless"],
     ),
     "default": Size(
-        name="default", images=4, image_size=32, epochs=[1, 2], local_batches=[1, 4], strengths=2,
-        defences=list(DEFENCES),
-        ig=["attack.iterations=480", "attack.restarts=1"],
-        gifd=["attack.steps_per_stage=40", "attack.restarts=1"],
-        gifd_cells=[(1, 4), (2, 1)], gifd_strengths=[0, 1],
+        name="default", images=4, image_size=32, batches=8, ig=IG_DEFAULT, gifd=GIFD_DEFAULT,
+        ig_fedavg=[(2, 4, "strong"), (2, 4, "none")], gifd_fedavg=[],
+        ig_defences=[(d, 1) for d in DEFAULT_DEFENCES], gifd_defences=[],
+        adaptive=(True,), secagg_clients=2,
         left_out=[
-            "E = 5 and local batch 8 (--full); 4 private images instead of 8, 32 px",
-            "IG 480 iterations, 1 restart instead of 4,800 × 4 (24,000 in the survey); GIFD 40 steps per stage,"
-            " 1 restart instead of 1,000 × 4",
-            "the strongest setting of each defence",
-            "GIFD's Table III cells other than (E, b) = (1, 4) and (2, 1)",
+            "B = 8 (here 4); FedAvg (E, b) other than (2, 4) and the weak simulation",
+            f"the defences {', '.join(d for d in DEFENCES if d not in DEFAULT_DEFENCES)}; the weakest and"
+            " strongest setting of each defence",
+            "the non-adaptive attacker on replayable defences (adaptive on is the stronger one)",
+            "secure aggregation with 4 or 8 clients (the middle strength, 4, is replaced by 2)",
+            "GIFD under any defence and in FedAvg (only its undefended FedSGD cell runs)",
+            f"IG {' '.join(IG_DEFAULT)} and GIFD {' '.join(GIFD_DEFAULT)} instead of the attacks' defaults",
         ],
     ),
     "full": Size(
-        name="full", images=8, image_size=32, epochs=[1, 2, 5], local_batches=[1, 4, 8], strengths=3,
-        defences=list(DEFENCES),
-        ig=[], gifd=[],
-        gifd_cells=[(e, b) for e in (1, 2, 5) for b in (1, 4, 8)], gifd_strengths=[0, 1, 2],
+        name="full", images=8, image_size=32, batches=8, ig=[], gifd=[],
+        ig_fedavg=[(e, b, s) for e in (1, 2, 5) for b in (1, 4, 8) for s in SIMULATIONS],
+        gifd_fedavg=[(e, b, s) for e in (1, 2, 5) for b in (1, 4, 8) for s in SIMULATIONS],
+        ig_defences=[(d, i) for d in DEFENCES for i in range(3)],
+        gifd_defences=[(d, i) for d in DEFENCES for i in range(3)],
+        adaptive=(False, True),
         left_out=["the survey's 64 images per client and ResNet-18 on CIFAR-100 (not on this machine)"],
     ),
 }
@@ -102,13 +125,13 @@ class Case:
     attack: str
     setting: dict[str, Any]
     overrides: list[str]
+    clients: int = 1  # secure aggregation: the batch holds this many clients' images
 
 
 def _base(size: Size, attack: str) -> list[str]:
     common = [
-        "model=convnet", "model.norm=group", "model.width=0.5", "dataset=lfw", f"image_size={size.image_size}",
-        f"batch_size={size.images}", "threat.labels=known", "attack.compile=false", "progress=false",
-        "device=cpu", "seed=0",
+        "model=convnet", "model.norm=group", "model.width=0.5", f"dataset={DATASET}", f"image_size={size.image_size}",
+        f"batch_size={size.images}", "threat.labels=known", "attack.compile=false", "progress=false", "device=cpu",
     ]
     if attack == "ig":
         return [*common, "attack=inverting_gradients", *size.ig]
@@ -116,20 +139,17 @@ def _base(size: Size, attack: str) -> list[str]:
 
 
 def fedavg_cases(size: Size, attacks: list[str]) -> list[Case]:
-    cases = []
-    for attack in attacks:
-        cells = [(e, b) for e in size.epochs for b in size.local_batches]
-        if attack == "gifd":
-            cells = size.gifd_cells
-        for epochs, local_batch in cells:
-            for sim in SIMULATIONS:
-                overrides = [
-                    *_base(size, attack), "protocol=fedavg", f"protocol.local_epochs={epochs}",
-                    f"protocol.local_batch_size={local_batch}", "protocol.lr=0.01", f"attack.fedavg={sim}",
-                ]
-                setting = {"E": epochs, "b": local_batch, "simulation": sim}
-                cases.append(Case("fedavg", attack, setting, overrides))
-    return cases
+    cells: list[tuple[str, int, int, str]] = []
+    if "ig" in attacks:
+        cells += [("ig", e, b, s) for e, b, s in size.ig_fedavg]
+    if "gifd" in attacks:
+        cells += [("gifd", e, b, s) for e, b, s in size.gifd_fedavg]
+    return [
+        Case("fedavg", attack, {"E": e, "b": b, "simulation": sim},
+             [*_base(size, attack), "protocol=fedavg", f"protocol.local_epochs={e}", f"protocol.local_batch_size={b}",
+              "protocol.lr=0.01", f"attack.fedavg={sim}"])
+        for attack, e, b, sim in cells
+    ]
 
 
 def defence_cases(size: Size, attacks: list[str]) -> list[Case]:
@@ -137,32 +157,18 @@ def defence_cases(size: Size, attacks: list[str]) -> list[Case]:
     for attack in attacks:
         base = _base(size, attack)
         cases.append(Case("defense", attack, {"defense": "none", "strength": "", "adaptive": False}, base))
-        for name in size.defences:
+        for name, i in size.ig_defences if attack == "ig" else size.gifd_defences:
             key, strengths, extra = DEFENCES[name]
-            chosen = range(size.strengths) if attack == "ig" else [i for i in size.gifd_strengths if i < size.strengths]
-            for i in chosen:
-                value = strengths[i]
-                for adaptive in (False, True) if name in REPLAYABLE else (False,):
-                    overrides = [*base, f"defense={name}", f"defense.{name}.{key}={value}", *extra,
-                                 f"attack.adaptive={str(adaptive).lower()}"]
-                    setting = {"defense": name, "strength": f"{key}={value}", "adaptive": adaptive}
-                    cases.append(Case("defense", attack, setting, overrides))
+            value = strengths[i]
+            if name == "secure_aggregation" and size.secagg_clients is not None:
+                value = min(value, size.secagg_clients)
+            for adaptive in size.adaptive if name in REPLAYABLE else (False,):
+                overrides = [*base, f"defense={name}", f"defense.{name}.{key}={value}", *extra,
+                             f"attack.adaptive={str(adaptive).lower()}"]
+                setting = {"defense": name, "strength": f"{key}={value}", "adaptive": adaptive}
+                clients = int(value) if name == "secure_aggregation" else 1
+                cases.append(Case("defense", attack, setting, overrides, clients))
     return cases
-
-
-def run_case(case: Case) -> dict[str, Any]:
-    row: dict[str, Any] = {"part": case.part, "attack": case.attack, **case.setting}
-    started = time.perf_counter()
-    try:
-        result = run(resolve_config(case.overrides), write=False)
-    except FedinvertError as err:
-        row.update(psnr=None, ssim=None, seconds=time.perf_counter() - started, note=f"error: {err}")
-        return row
-    m = result.metrics
-    info = result.scenario.info
-    note = f"eps={info['dp_sgd']['epsilon']:.3g}" if "dp_sgd" in info and info["dp_sgd"]["epsilon"] else ""
-    row.update(psnr=m["psnr"], ssim=m["ssim"], seconds=m["seconds"], note=note)
-    return row
 
 
 def gifd_available() -> str | None:
@@ -180,38 +186,50 @@ def gifd_available() -> str | None:
     return None
 
 
-def print_tables(rows: list[dict[str, Any]]) -> None:
-    for attack in ("ig", "gifd"):
-        table = [r for r in rows if r["part"] == "fedavg" and r["attack"] == attack]
-        if table:
-            print(f"\nFedAvg (Table III shape), {attack.upper()}: PSNR / SSIM / seconds")
-            print(f"{'E':>2} {'b':>2}  " + "  ".join(f"{s:^22}" for s in SIMULATIONS))
-            cells = sorted({(r["E"], r["b"]) for r in table})
-            for e, b in cells:
-                parts = []
-                for sim in SIMULATIONS:
-                    r = next((x for x in table if (x["E"], x["b"], x["simulation"]) == (e, b, sim)), None)
-                    parts.append(
-                        "n/a".center(22) if r is None
-                        else f"{fmt(r['psnr'], '5.2f')} / {fmt(r['ssim'], '.3f')} / {r['seconds']:4.0f}s".center(22)
-                    )
-                print(f"{e:>2} {b:>2}  " + "  ".join(parts))
-        table = [r for r in rows if r["part"] == "defense" and r["attack"] == attack]
-        if table:
-            print(f"\nDefences (FedSGD), {attack.upper()}")
-            print(f"{'defence':<19} {'strength':<22} {'adaptive':<8} {'PSNR':>6} {'SSIM':>6} {'s':>5}  note")
-            for r in table:
-                print(f"{r['defense']:<19} {r['strength']:<22} {('on' if r['adaptive'] else 'off'):<8} "
-                      f"{fmt(r['psnr'], '6.2f')} {fmt(r['ssim'], '6.3f')} {r['seconds']:5.0f}  {r['note']}")
+def label(case: Case) -> str:
+    s = case.setting
+    if case.part == "fedavg":
+        return f"E={s['E']} b={s['b']} {s['simulation']}"
+    if s["defense"] == "none":
+        return "none"
+    return f"{s['defense']} {s['strength']} adaptive={'on' if s['adaptive'] else 'off'}"
+
+
+def pairs_of(cases: list[Case], results: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The paired differences: defended − none, adaptive on − off, strong − none / weak, GIFD − IG."""
+    done = {(c.part, c.attack, label(c)): results[id(c)] for c in cases if id(c) in results}
+    wanted: list[tuple[str, str, str, str, str]] = []  # (part, attack a, cell a, attack b, cell b)
+    for part, attack, cell in done:
+        if part == "defense" and cell != "none":
+            wanted.append((part, attack, cell, attack, "none"))
+            if cell.endswith("adaptive=on"):
+                wanted.append((part, attack, cell, attack, cell.replace("adaptive=on", "adaptive=off")))
+        if part == "fedavg" and cell.endswith(" strong"):
+            for other in ("none", "weak"):
+                wanted.append((part, attack, cell, attack, cell.replace(" strong", f" {other}")))
+        if attack == "gifd":
+            wanted.append((part, "gifd", cell, "ig", cell))
+    pairs = []
+    for part, attack_a, cell_a, attack_b, cell_b in wanted:
+        a, b = done.get((part, attack_a, cell_a)), done.get((part, attack_b, cell_b))
+        if a and b:
+            name = pair_label(f"{attack_a} {cell_a}", f"{attack_b} {cell_b}")
+            # leakage, not PSNR: a secure-aggregation batch holds more images, so its reference differs
+            pairs.append({"part": part, "difference": name, **paired(a, b, key="leakage_db")})
+    return pairs
 
 
 def main() -> None:
-    parser = sized_parser(__doc__, csv="benchmarks/results/fl.csv", full_help="the paper-sized grid",
-                          smoke_help="one cell of each kind, tiny budgets")
+    parser = sized_parser(__doc__, csv="benchmarks/results/fl.csv",
+                          full_help="B = 8, E × b ∈ {1, 2, 5} × {1, 4, 8}, 3 strengths, adaptive off/on, attack defaults",
+                          smoke_help="one cell of each kind, 2 batches, tiny budgets")
+    parser.add_argument("--batches", type=int, default=None, help="private batches per cell (default 8; smoke 2)")
     parser.add_argument("--attacks", default="ig,gifd", help="comma-separated: ig, gifd")
     parser.add_argument("--parts", default="fedavg,defense", help="comma-separated: fedavg, defense")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the batch layout; batch k runs with seed+k")
     args, size_name = parse_sized(parser)
     size = SIZES[size_name]
+    n_batches = args.batches or size.batches
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     left_out = list(size.left_out)
@@ -226,20 +244,54 @@ def main() -> None:
         cases += fedavg_cases(size, attacks)
     if "defense" in parts:
         cases += defence_cases(size, attacks)
-    print(f"size '{size.name}': {len(cases)} runs; {size.images} LFW images at {size.image_size} px,"
-          f" ConvNet-GN(width 0.5), {args.threads} thread(s)")
+    layout = batch_indices(DATASET, n_batches=n_batches, per_batch=size.images, seed=args.seed)
+    print(f"fl '{size.name}': {len(cases)} cells × {n_batches} batches; {size.images} LFW images at"
+          f" {size.image_size} px, ConvNet-GN(width 0.5), {args.threads} thread(s)", flush=True)
     started = time.perf_counter()
-    rows = []
+    cells: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    results: dict[int, list[dict[str, Any]]] = {}
     for i, case in enumerate(cases, start=1):
-        row = run_case(case)
-        rows.append(row)
-        print(f"[{i}/{len(cases)} {time.perf_counter() - started:5.0f}s] {case.attack} {case.setting}"
-              f" psnr={fmt(row['psnr'], '.2f')} {row['note']}", flush=True)
-    print_tables(rows)
-    fields = ["part", "attack", "E", "b", "simulation", "defense", "strength", "adaptive", "psnr", "ssim",
-              "seconds", "note"]
-    path = write_csv(rows, args.csv, fields)
-    print(f"\nwrote {path} ({len(rows)} rows) in {time.perf_counter() - started:.0f} s")
+        labels = {"part": case.part, "attack": case.attack, "cell": label(case)}
+
+        def progress(row: dict[str, Any], i: int = i, labels: dict[str, Any] = labels) -> None:
+            print(f"[{i}/{len(cases)} {time.perf_counter() - started:5.0f}s] {labels['attack']} {labels['cell']}"
+                  f" batch {row['batch'] + 1}/{n_batches}: psnr {row['psnr']:.2f} (reference"
+                  f" {row['reference_psnr']:.2f}, leak {row['leakage_db']:+.2f}) {row.get('note', '')}", flush=True)
+
+        def dp_note(result: Any, _: int) -> dict[str, Any]:
+            dp = result.scenario.info.get("dp_sgd")
+            return {"note": f"eps={dp['epsilon']:.3g}" if dp and dp.get("epsilon") else ""}
+
+        try:
+            batches = (layout if case.clients == 1 else
+                       extend_batches(DATASET, layout, (case.clients - 1) * size.images, seed=args.seed))
+            rows = run_cell(case.overrides, batches, seed=args.seed, extra=dp_note, on_batch=progress)
+        except FedinvertError as err:
+            cells.append({**labels, **case.setting, "note": f"error: {err}"})
+            print(f"[{i}/{len(cases)}] {labels['attack']} {labels['cell']}: error: {err}", flush=True)
+            continue
+        results[id(case)] = rows
+        cells.append({**labels, **case.setting, **summarize(rows), "note": rows[-1]["note"]})
+        raw.extend({**labels, **r} for r in rows)
+    pairs = pairs_of(cases, results)
+
+    for part, title in (("fedavg", "FedAvg (Table III shape)"), ("defense", "Defences (FedSGD)")):
+        table = [c for c in cells if c["part"] == part]
+        if table:
+            print(f"\n{title}: mean ± 95 % interval over {n_batches} private batches; ref = no-leak reference PSNR")
+            print_cells(table, ("attack", "cell"))
+    if pairs:
+        print("\nPaired differences in leakage on the same batches (a − b; the PSNR difference where both cells"
+              " ran the same images)")
+        print_pairs(pairs, ("part",))
+    fields = ["part", "attack", "cell", "E", "b", "simulation", "defense", "strength", "adaptive", "n_batches",
+              "psnr_mean", "psnr_ci95", "ssim_mean", "reference_psnr", "leakage_db", "leakage_ci95", "reid_top1",
+              "st_lpips", "seconds_mean", "verdict", "note"]
+    if args.csv and cells:
+        print(f"\nwrote {write_csv(cells, args.csv, fields, digits=4)}, {write_csv(pairs, companion(args.csv, 'paired'), ['part', 'difference', *PAIRED_FIELDS], digits=4)}"
+              f" and {write_csv(raw, companion(args.csv, 'batches'), digits=4)}")
+    print(f"{len(cases)} cells in {time.perf_counter() - started:.0f} s")
     print("left out at this size:")
     for item in left_out:
         print(f"  - {item}")

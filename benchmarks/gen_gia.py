@@ -1,164 +1,208 @@
 """Generation-based attacks side by side: GIFD and its ablations, GGL, GIAS, and Inverting Gradients.
 
-Every attack inverts the same FedSGD gradient of a ReLU ConvNet (half width, random initialisation, eval
-mode, 10 classes) with inferred labels, with the face DCGAN bundled in gan-face-generate as the prior, on
-three kinds of private images:
+Every attack inverts the FedSGD gradient of a ReLU ConvNet (half width, random initialisation, eval mode,
+10 classes) with inferred labels, through the runner, with the face DCGAN bundled in gan-face-generate as the
+prior, on two kinds of private images:
 
-* ``prior``: samples of the face DCGAN itself (the in-distribution upper bound);
-* ``lfw``: real LFW faces (near the prior's domain: other faces, other cameras);
+* ``lfw``: real LFW faces as RGB (near the prior's domain: other faces, other cameras);
 * ``photos``: the bundled colour photos (astronaut, cat, coffee, rocket, ...; out of distribution).
 
-Each attack gets the same number of gradient evaluations per private batch (restarts × steps; stated in the
-table); seconds are the attack's own time on this machine. Scores are after Hungarian matching.
+Each cell (setting × batch size B × attack) runs on ``--batches`` private batches (default 8) of distinct,
+seeded images, the same batches for every attack; each batch has its own victim initialisation and attack
+seed. A cell reports the mean and 95 % t-interval over its batches of PSNR and of the leakage (PSNR above
+the no-leak reference of the same batch: the best of a constant image, the mean image and random images of
+the public data), the reference itself and re-identification top-1; then paired differences between attacks
+on the same batches. The 11 photos hold 8 disjoint batches only at B = 1, so photos run at B = 1 only. The
+in-distribution upper bound (private images the prior can generate) is ``id-fashion`` in
+``benchmarks/ood.py``.
 
-    python benchmarks/gen_gia.py           # 32 px, 600 gradient evaluations per attack: ~15-20 min on 1 core
-    python benchmarks/gen_gia.py --full    # 64 px, official budgets (GIFD 1,000 steps × 4 restarts); GPU-sized
-    python benchmarks/gen_gia.py --smoke   # every path, tiny budgets (numbers meaningless)
+    python benchmarks/gen_gia.py           # 32 px; GIFD, GIFD-z, IG on LFW B = 4 and photos B = 1, GGL on
+                                           # photos B = 1: ~17 min on 1 core
+    python benchmarks/gen_gia.py --full    # 64 px, all seven attacks, LFW at B = 1 and 4, photos at B = 1,
+                                           # the official budgets (GIFD 1,000 steps × 4 restarts); GPU-sized
+    python benchmarks/gen_gia.py --smoke   # every attack and path, 2 batches, tiny budgets (numbers meaningless)
+
+Writes the cell table (``--csv``), the paired differences (``*_paired.csv``) and every batch's scores
+(``*_batches.csv``).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-from _tables import parse_sized, sized_parser, write_csv
+from _stats import PAIRED_FIELDS, batch_indices, pair_label, paired, run_cell, summarize
+from _tables import companion, parse_sized, print_cells, print_pairs, sized_parser, write_csv
 
-from fedinvert.attacks import ATTACKS
-from fedinvert.data import load_batch
 from fedinvert.errors import FedinvertError
-from fedinvert.fl import FedSGDClient
-from fedinvert.metrics import evaluate
-from fedinvert.models import build_model
-from fedinvert.observation import Observation
-from fedinvert.priors import PRIORS, to_victim
+from fedinvert.priors import PRIORS
 
-NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-SETTINGS = ("prior", "lfw", "photos")
+ALL_ATTACKS = ("gifd", "gifd-z", "gifd-f", "gifd-e", "ggl", "gias", "inverting_gradients")
+PRIOR = "face-dcgan"
+
+#: attack -> (overrides, the budget in words) per size. DEFAULT_BUDGETS gives every attack 600 gradient
+#: evaluations per private batch; move them to each attack's knee from benchmarks/convergence.py.
+DEFAULT_BUDGETS: dict[str, tuple[list[str], str]] = {
+    "gifd": (["attack.steps_per_stage=60", "attack.restarts=2"], "5 stages × 60 × 2"),
+    "gifd-z": (["attack.steps_per_stage=300", "attack.restarts=2"], "300 × 2"),
+    "gifd-f": (["attack.steps_per_stage=60", "attack.restarts=2"], "5 stages × 60 × 2"),
+    "gifd-e": (["attack.steps_per_stage=60", "attack.restarts=2"], "5 stages × 60 × 2"),
+    "ggl": (["attack.iterations=60", "attack.population=10"], "CMA-ES 60 × 10"),
+    "gias": (["attack.latent_steps=100", "attack.finetune_steps=200", "attack.restarts=2"], "(100 + 200) × 2"),
+    "inverting_gradients": (["attack.iterations=300", "attack.restarts=2"], "300 × 2"),
+}
+#: the papers' budgets
+FULL_BUDGETS: dict[str, tuple[list[str], str]] = {
+    "gifd": (["attack.steps_per_stage=1000", "attack.restarts=4"], "5 stages × 1000 × 4"),
+    "gifd-z": (["attack.steps_per_stage=1000", "attack.restarts=4"], "1000 × 4"),
+    "gifd-f": (["attack.steps_per_stage=1000", "attack.restarts=4"], "5 stages × 1000 × 4"),
+    "gifd-e": (["attack.steps_per_stage=1000", "attack.restarts=4"], "5 stages × 1000 × 4"),
+    "ggl": (["attack.iterations=800", "attack.population=50"], "CMA-ES 800 × 50"),
+    "gias": (["attack.latent_steps=1000", "attack.finetune_steps=8000", "attack.restarts=4"], "(1000 + 8000) × 4"),
+    "inverting_gradients": (["attack.iterations=4800", "attack.restarts=4"], "4800 × 4"),
+}
+SMOKE_BUDGETS: dict[str, tuple[list[str], str]] = {
+    "gifd": (["attack.steps_per_stage=2", "attack.restarts=1"], "smoke"),
+    "gifd-z": (["attack.steps_per_stage=2", "attack.restarts=1"], "smoke"),
+    "gifd-f": (["attack.steps_per_stage=2", "attack.restarts=1"], "smoke"),
+    "gifd-e": (["attack.steps_per_stage=2", "attack.restarts=1"], "smoke"),
+    "ggl": (["attack.iterations=2", "attack.population=4"], "smoke"),
+    "gias": (["attack.latent_steps=2", "attack.finetune_steps=2", "attack.restarts=1"], "smoke"),
+    "inverting_gradients": (["attack.iterations=2", "attack.restarts=1"], "smoke"),
+}
+BUDGETS = {"default": DEFAULT_BUDGETS, "full": FULL_BUDGETS, "smoke": SMOKE_BUDGETS}
+IMAGE_SIZE = {"default": 32, "full": 64, "smoke": 16}
+BATCHES = {"default": 8, "full": 8, "smoke": 2}
+
+#: setting -> (data set, its overrides)
+SETTINGS: dict[str, tuple[str, list[str]]] = {"lfw": ("lfw", ["dataset=lfw", "channels=3"]),
+                                              "photos": ("photos", ["dataset=photos"])}
+#: paired differences reported (a − b), where both cells ran
+PAIRS = (("gifd", "inverting_gradients"), ("gifd", "gifd-z"), ("gifd", "ggl"), ("gifd", "gias"),
+         ("gifd", "gifd-f"), ("gifd-f", "gifd-e"))
 
 
-def budgets(size: str) -> dict[str, tuple[dict[str, Any], str]]:
-    """attack name -> (keyword arguments, the budget in words)."""
+@dataclass(frozen=True)
+class Cell:
+    setting: str
+    batch_size: int
+    attacks: tuple[str, ...]
+
+
+GRIDS: dict[str, list[Cell]] = {
+    "default": [Cell("lfw", 4, ("gifd", "gifd-z", "inverting_gradients")),
+                Cell("photos", 1, ("gifd", "gifd-z", "ggl", "inverting_gradients"))],
+    "full": [Cell("lfw", 1, ALL_ATTACKS), Cell("lfw", 4, ALL_ATTACKS), Cell("photos", 1, ALL_ATTACKS)],
+    "smoke": [Cell("lfw", 2, ALL_ATTACKS), Cell("photos", 1, ("gifd", "inverting_gradients"))],
+}
+
+
+def left_out(size: str) -> list[str]:
+    """What the chosen size does not run that ``--full`` does."""
     if size == "smoke":
-        s, r = 2, 1
-        return {
-            "gifd": ({"steps_per_stage": s, "restarts": r}, "smoke"),
-            "gifd-z": ({"steps_per_stage": s, "restarts": r}, "smoke"),
-            "gifd-f": ({"steps_per_stage": s, "restarts": r}, "smoke"),
-            "gifd-e": ({"steps_per_stage": s, "restarts": r}, "smoke"),
-            "ggl": ({"iterations": 2, "population": 4}, "smoke"),
-            "gias": ({"latent_steps": s, "finetune_steps": s, "restarts": r}, "smoke"),
-            "inverting_gradients": ({"iterations": s, "restarts": r}, "smoke"),
-        }
-    if size == "full":  # the official budgets
-        return {
-            "gifd": ({"steps_per_stage": 1000, "restarts": 4}, "5 stages × 1000 × 4"),
-            "gifd-z": ({"steps_per_stage": 1000, "restarts": 4}, "1000 × 4"),
-            "gifd-f": ({"steps_per_stage": 1000, "restarts": 4}, "5 stages × 1000 × 4"),
-            "gifd-e": ({"steps_per_stage": 1000, "restarts": 4}, "5 stages × 1000 × 4"),
-            "ggl": ({"iterations": 800, "population": 50}, "CMA-ES 800 × 50"),
-            "gias": ({"latent_steps": 1000, "finetune_steps": 8000, "restarts": 4}, "(1000 + 8000) × 4"),
-            "inverting_gradients": ({"iterations": 4800, "restarts": 4}, "4800 × 4"),
-        }
-    # default: 600 gradient evaluations per private batch for every attack
-    return {
-        "gifd": ({"steps_per_stage": 60, "restarts": 2}, "5 stages × 60 × 2"),
-        "gifd-z": ({"steps_per_stage": 300, "restarts": 2}, "300 × 2"),
-        "gifd-f": ({"steps_per_stage": 60, "restarts": 2}, "5 stages × 60 × 2"),
-        "gifd-e": ({"steps_per_stage": 60, "restarts": 2}, "5 stages × 60 × 2"),
-        "ggl": ({"iterations": 60, "population": 10}, "CMA-ES 60 × 10"),
-        "gias": ({"latent_steps": 100, "finetune_steps": 200, "restarts": 2}, "(100 + 200) × 2"),
-        "inverting_gradients": ({"iterations": 300, "restarts": 2}, "300 × 2"),
-    }
+        return ["all but a few cells at tiny budgets and 16 px: the numbers are meaningless"]
+    if size == "full":
+        return ["photos at B = 4 (the 11 photos hold fewer than 8 disjoint batches of 4)"]
+    have = {(c.setting, c.batch_size, a) for c in GRIDS[size] for a in c.attacks}
+    out = []
+    for cell in GRIDS["full"]:
+        missing = [a for a in cell.attacks if (cell.setting, cell.batch_size, a) not in have]
+        if missing:
+            what = "every attack" if len(missing) == len(cell.attacks) else ", ".join(missing)
+            out.append(f"{cell.setting} B = {cell.batch_size}: {what}")
+    out.append(f"{IMAGE_SIZE[size]} px instead of 64; budgets as in the table instead of the papers' (GIFD 1,000"
+               " steps × 4 restarts a stage, GGL CMA-ES 800 × 50, GIAS (1,000 + 8,000) × 4, IG 4,800 × 4)")
+    return out
 
 
-def private_batch(setting: str, batch: int, size: int, prior: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 3, size, size) images in [0, 1] and labels in 0..9 (distinct where B ≤ 10)."""
-    labels = torch.arange(batch) % 10
-    if setting == "prior":
-        with torch.no_grad():
-            z = prior.sample_latent(batch, generator=torch.Generator().manual_seed(1000 + seed))
-            images = to_victim(prior(z), image_shape=(3, size, size), normalization=((0,) * 3, (1,) * 3))
-        return images.clamp(0, 1), labels
-    data = load_batch(setting, batch_size=batch, image_size=size, channels=3, seed=seed)
-    return data.images, labels
-
-
-def observe(images01: torch.Tensor, labels: torch.Tensor, seed: int) -> Observation:
-    size = images01.shape[-1]
-    model = build_model("convnet", in_channels=3, num_classes=10, image_size=size, width=0.5, seed=seed)
-    update = FedSGDClient(mode="eval").update(model, (images01 - 0.5) / 0.5, labels)
-    return Observation(model=model, update=update, kind="gradient", image_shape=(3, size, size), num_classes=10,
-                       normalization=NORM, batch_size=len(labels))
-
-
-def run_one(name: str, kwargs: dict[str, Any], prior: Any, obs: Observation, private: torch.Tensor,
-            labels: torch.Tensor, seed: int) -> dict[str, Any]:
-    with_prior = {"prior": prior} if name != "inverting_gradients" else {}
-    attack = ATTACKS.build(name, **with_prior, **kwargs, compile=False, device="cpu")
-    started = time.perf_counter()
-    rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(seed))
-    seconds = time.perf_counter() - started
-    m = evaluate(private, rec.images, true_labels=labels, rec_labels=rec.labels)
-    return {"psnr": m["psnr"], "ssim": m["ssim"], "label_accuracy": m["label_accuracy"], "seconds": seconds,
-            "evaluations": rec.iterations, "stage": rec.extras.get("stage", "")}
+def overrides(setting: str, batch_size: int, image_size: int, attack: str, budget: list[str]) -> list[str]:
+    return [*SETTINGS[setting][1], "dataset.unique_labels=true", f"batch_size={batch_size}", f"image_size={image_size}",
+            "model=convnet", "model.width=0.5", f"prior={PRIOR}", f"attack={attack}", *budget,
+            "attack.compile=false", "progress=false", "device=cpu"]
 
 
 def main() -> None:
     parser = sized_parser(__doc__, csv="benchmarks/results/gen_gia.csv",
-                          full_help="64 px and the official budgets (GPU-sized)", smoke_help="tiny budgets, every path")
-    parser.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated: {', '.join(SETTINGS)}")
-    parser.add_argument("--attacks", default=None, help="comma-separated attack names (default: all seven)")
-    parser.add_argument("--feature-lr-scale", type=float, default=None,
-                        help="attack.feature_lr_scale for GIFD and its ablations (default: the attack's)")
-    parser.add_argument("--seed", type=int, default=0)
+                          full_help="64 px, all seven attacks on LFW B = 1, 4 and photos B = 1, official budgets",
+                          smoke_help="every attack and path on 2 batches with tiny budgets")
+    parser.add_argument("--batches", type=int, default=None, help="private batches per cell (default 8; smoke 2)")
+    parser.add_argument("--settings", default=None, help=f"comma-separated subset of {', '.join(SETTINGS)}")
+    parser.add_argument("--attacks", default=None, help="comma-separated subset of the size's attacks")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the batch layout; batch k runs with seed+k")
     args, size = parse_sized(parser)
-    image_size = 64 if args.full else 16 if args.smoke else 32
-    plan = budgets(size)
-    names = args.attacks.split(",") if args.attacks else list(plan)
+    n_batches = args.batches or BATCHES[size]
+    image_size, plan = IMAGE_SIZE[size], BUDGETS[size]
+    settings = args.settings.split(",") if args.settings else list(SETTINGS)
+    only = set(args.attacks.split(",")) if args.attacks else None
+    grid = [Cell(c.setting, c.batch_size, tuple(a for a in c.attacks if only is None or a in only))
+            for c in GRIDS[size] if c.setting in settings]
     try:
-        prior = PRIORS.build("face-dcgan")
+        PRIORS.build(PRIOR)
     except FedinvertError as err:
-        raise SystemExit(f"gen_gia needs the face-dcgan prior: {err}") from None
+        raise SystemExit(f"gen_gia needs the {PRIOR} prior: {err}") from None
+    # batch k of a setting is the same images for every attack; smaller B are prefixes of the largest B's
+    stride = {s: max(c.batch_size for c in grid if c.setting == s) for s in {c.setting for c in grid}}
 
-    rows: list[dict[str, Any]] = []
+    cells: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    results: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     t0 = time.perf_counter()
-    for setting in args.settings.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
-            private, labels = private_batch(setting, batch, image_size, prior, args.seed)
-            obs = observe(private, labels, args.seed)
-            for name in names:
-                kwargs, budget = plan[name]
-                if args.feature_lr_scale is not None and name.startswith("gifd") and name != "gifd-z":
-                    kwargs = {**kwargs, "feature_lr_scale": args.feature_lr_scale}
-                    budget += f", feature lr ×{args.feature_lr_scale:g}"
-                row = {"setting": setting, "B": batch, "attack": name, "budget": budget}
-                row.update(run_one(name, kwargs, prior, obs, private, labels, args.seed))
-                rows.append(row)
-                print(f"[{time.perf_counter() - t0:6.0f}s] {setting:<6} B={batch} {name:<20} psnr={row['psnr']:.2f}"
-                      f" ssim={row['ssim']:.3f} {row['seconds']:.0f}s", flush=True)
+    print(f"gen_gia '{size}': {sum(len(c.attacks) for c in grid)} cells × {n_batches} batches, {image_size} px,"
+          f" {args.threads} thread(s)", flush=True)
+    for cell in grid:
+        layout = batch_indices(SETTINGS[cell.setting][0], n_batches=n_batches, per_batch=cell.batch_size, seed=args.seed,
+                               unique_labels=True, stride=stride[cell.setting])
+        for name in cell.attacks:
+            budget_overrides, budget = plan[name]
+            labels = {"setting": cell.setting, "B": cell.batch_size, "attack": name, "budget": budget}
 
-    print(f"\nGeneration-based attacks, {image_size} px, ConvNet (half width, eval), labels inferred, face-dcgan prior")
-    print(f"{'setting':<7} {'B':>2} {'attack':<20} {'budget':<20} {'PSNR':>6} {'SSIM':>6} {'label':>5} {'s':>5}  stage")
-    for r in rows:
-        print(f"{r['setting']:<7} {r['B']:>2} {r['attack']:<20} {r['budget']:<20} {r['psnr']:6.2f} {r['ssim']:6.3f}"
-              f" {r['label_accuracy']:5.2f} {r['seconds']:5.0f}  {r['stage']}")
-    print("\nBest PSNR per setting and batch:")
-    for setting in args.settings.split(","):
-        for batch in sorted({r["B"] for r in rows}):
-            cell = [r for r in rows if r["setting"] == setting and r["B"] == batch]
-            if cell:
-                best = max(cell, key=lambda r: r["psnr"])
-                gifd = next((r for r in cell if r["attack"] == "gifd"), None)
-                gap = f" (GIFD {gifd['psnr'] - best['psnr']:+.2f} dB)" if gifd and best is not gifd else ""
-                print(f"  {setting:<7} B={batch}: {best['attack']} {best['psnr']:.2f} dB{gap}")
-    if args.csv and rows:
-        print(f"\nwrote {write_csv(rows, args.csv)}")
-    if size != "full":
-        print("left out at this size (--full runs them): 64 px (here 32 px); the official budgets (GIFD 1,000"
-              " steps × 4 restarts a stage, GGL CMA-ES 800 × 50, GIAS (1,000 + 8,000) × 4, IG 4,800 × 4);"
-              " more than one private batch per cell")
+            def progress(row: dict[str, Any], labels: dict[str, Any] = labels) -> None:
+                print(f"[{time.perf_counter() - t0:6.0f}s] {labels['setting']:<6} B={labels['B']}"
+                      f" {labels['attack']:<20} batch {row['batch'] + 1}/{n_batches}: psnr {row['psnr']:.2f}"
+                      f" (reference {row['reference_psnr']:.2f}, leak {row['leakage_db']:+.2f})"
+                      f" {row['seconds']:.0f}s", flush=True)
+
+            try:
+                rows = run_cell(overrides(cell.setting, cell.batch_size, image_size, name, budget_overrides),
+                                layout, seed=args.seed, on_batch=progress)
+            except FedinvertError as err:
+                cells.append({**labels, "note": f"error: {err}"})
+                print(f"{cell.setting} B={cell.batch_size} {name}: error: {err}", flush=True)
+                continue
+            results[(cell.setting, cell.batch_size, name)] = rows
+            cells.append({**labels, **summarize(rows)})
+            raw.extend({**labels, **r} for r in rows)
+
+    pairs = []
+    for cell in grid:
+        for a, b in PAIRS:
+            ra, rb = results.get((cell.setting, cell.batch_size, a)), results.get((cell.setting, cell.batch_size, b))
+            if ra and rb:
+                pairs.append({"setting": cell.setting, "B": cell.batch_size, "difference": pair_label(a, b),
+                              **paired(ra, rb)})
+
+    print(f"\nGeneration-based attacks, {image_size} px, ConvNet (half width, eval), labels inferred, {PRIOR}"
+          f" prior; mean ± 95 % interval over {n_batches} private batches; ref = no-leak reference PSNR")
+    print_cells(cells, ("setting", "B", "attack", "budget"))
+    if pairs:
+        print("\nPaired differences in PSNR on the same batches (a − b)")
+        print_pairs(pairs, ("setting", "B"))
+    if args.csv and cells:
+        print(f"\nwrote {write_csv(cells, args.csv, CELL_FIELDS, digits=4)}, {write_csv(pairs, companion(args.csv, 'paired'), PAIR_FIELDS, digits=4)}"
+              f" and {write_csv(raw, companion(args.csv, 'batches'), digits=4)}")
+    print(f"{time.perf_counter() - t0:.0f} s in all")
+    lines = left_out(size)
+    if lines:
+        print("left out at this size (--full runs them):" if size != "full" else "left out:")
+        for line in lines:
+            print(f"  - {line}")
+
+
+CELL_FIELDS = ["setting", "B", "attack", "budget", "n_batches", "psnr_mean", "psnr_ci95", "ssim_mean",
+               "reference_psnr", "leakage_db", "leakage_ci95", "reid_top1", "st_lpips", "label_accuracy",
+               "seconds_mean", "verdict", "note"]
+PAIR_FIELDS = ["setting", "B", "difference", *PAIRED_FIELDS]
 
 
 if __name__ == "__main__":
