@@ -8,6 +8,16 @@ import torch
 torch.set_num_threads(int(os.environ.get("FEDINVERT_TEST_THREADS", "2")))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped on machines without a CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small networks on a shared 2-core machine run far faster on one thread (no OpenMP spin contention);

@@ -20,11 +20,18 @@ HOST_READS = ("_local_scalar_dense",)
 FROM_PYTHON = ("lift_fresh", "lift_fresh_copy")
 
 
-def _caller() -> str:
-    """file:line of the innermost fedinvert frame of the current stack (where the read comes from)."""
+def _asker() -> str | None:
+    """file:line of the code that asked for the current operation: the innermost frame outside this module and
+    outside torch; None when that code is ``torch.optim`` (whose reads are left out, see above)."""
     for frame in reversed(traceback.extract_stack()):
-        if "/fedinvert/" in frame.filename:
-            return f"{frame.filename.rsplit('/fedinvert/', 1)[1]}:{frame.lineno}"
+        name = frame.filename.replace("\\", "/")
+        if name == __file__ or name.endswith("/device_probe.py"):
+            continue
+        if "/torch/optim/" in name:
+            return None
+        if "/torch/" in name:
+            continue
+        return f"{name.rsplit('/', 2)[-2]}/{name.rsplit('/', 1)[-1]}:{frame.lineno}"
     return "?"
 
 
@@ -41,9 +48,9 @@ class Probe(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
         if name in HOST_READS or name in FROM_PYTHON:
-            stack = traceback.extract_stack()
-            if not any("/torch/optim/" in f.filename for f in stack):
-                (self.host_reads if name in HOST_READS else self.from_python)[_caller()] += 1
+            asker = _asker()
+            if asker is not None:
+                (self.host_reads if name in HOST_READS else self.from_python)[asker] += 1
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
                 self.results.add((name, t.dtype, t.device.type))

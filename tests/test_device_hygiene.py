@@ -47,6 +47,8 @@ ATTACK_RUNS = {
     "gifd": lambda steps: {"steps_per_stage": steps, "restarts": 2},
     "gias": lambda steps: {"latent_steps": steps, "finetune_steps": steps, "restarts": 1},
     "ggl": lambda steps: {"optimizer": "adam", "iterations": steps, "restarts": 2},
+    # L-BFGS reads the loss on the host in every step by design (torch.optim, left out); DLG's own code may not
+    "dlg": lambda steps: {"iterations": steps, "restarts": 1, "max_eval": 3},
 }
 NEEDS_PRIOR = {"gifd", "gias", "ggl"}
 

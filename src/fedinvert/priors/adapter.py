@@ -69,7 +69,9 @@ def resize(images: Tensor, size: tuple[int, int]) -> Tensor:
     if (in_h, in_w) == (out_h, out_w):
         return images
     if out_h <= in_h and out_w <= in_w and in_h % out_h == 0 and in_w % out_w == 0:
-        return F.interpolate(images, size=size, mode="area")
+        # block averages, as mode="area" computes them (bit for bit on the CPU), but through avg_pool2d, whose
+        # CUDA backward is deterministic; area's (adaptive pooling) adds with atomics (docs/determinism.md)
+        return F.avg_pool2d(images, kernel_size=(in_h // out_h, in_w // out_w))
     shrinks = out_h < in_h or out_w < in_w
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinks)
 
