@@ -173,7 +173,8 @@ def noise_like(tensor: Tensor, rng: torch.Generator | None, *, kind: str) -> Ten
         noise = -torch.sign(u) * torch.log1p(-2 * u.abs())
     else:
         raise ValueError(f"unknown noise kind {kind!r}")
-    return noise.to(device=tensor.device, dtype=tensor.dtype)
+    # narrowed on the host, then moved: no float64 copy on a GPU
+    return noise.to(dtype=tensor.dtype).to(device=tensor.device)
 
 
 def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
