@@ -54,6 +54,7 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy
 
 bench-speed: setup
 	$(PY) benchmarks/speed.py

@@ -59,8 +59,8 @@ def _tf32_state() -> dict[str, Any]:
             "api": "fp32_precision",
             "matmul": torch.backends.cuda.matmul.fp32_precision,
             "cudnn": torch.backends.cudnn.fp32_precision,
-            "conv": torch.backends.cudnn.conv.fp32_precision,
-            "rnn": torch.backends.cudnn.rnn.fp32_precision,
+            "conv": torch.backends.cudnn.conv.fp32_precision,  # type: ignore[attr-defined]
+            "rnn": torch.backends.cudnn.rnn.fp32_precision,  # type: ignore[attr-defined]
         }
 
 
@@ -72,8 +72,8 @@ def _restore_tf32(state: dict[str, Any]) -> None:
     else:
         torch.backends.cuda.matmul.fp32_precision = state["matmul"]
         torch.backends.cudnn.fp32_precision = state["cudnn"]
-        torch.backends.cudnn.conv.fp32_precision = state["conv"]
-        torch.backends.cudnn.rnn.fp32_precision = state["rnn"]
+        torch.backends.cudnn.conv.fp32_precision = state["conv"]  # type: ignore[attr-defined]
+        torch.backends.cudnn.rnn.fp32_precision = state["rnn"]  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
@@ -108,7 +108,7 @@ def policy(device: torch.device | str, *, seed: int) -> Iterator[dict[str, Any]]
         return
     workspace_preset = "CUBLAS_WORKSPACE_CONFIG" in os.environ
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
-    saved = {
+    saved: dict[str, Any] = {
         "tf32": _tf32_state(),
         "benchmark": torch.backends.cudnn.benchmark,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,

@@ -56,6 +56,7 @@ class BlurPool(nn.Module):
         super().__init__()
         taps = torch.tensor([1.0, 2.0, 1.0])
         kernel = taps[:, None] * taps[None, :]
+        self.filt: Tensor
         self.register_buffer("filt", (kernel / kernel.sum()).expand(channels, 1, 3, 3).clone())
 
     def forward(self, x: Tensor) -> Tensor:
@@ -114,6 +115,8 @@ class PerceptualDistance(nn.Module):
         self.trunk = trunk
         self.features, self.taps, channels = _features(trunk)
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in channels)
+        self.shift: Tensor
+        self.scale: Tensor
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1))
 

@@ -84,7 +84,9 @@ class DLG(Attack):
         known = None if self.joint_labels else infer_labels(obs, method=self.labels, batch_size=size).to(self.device)
 
         def render(x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-            return x, (y if known is None else known)
+            labels = y if known is None else known
+            assert labels is not None  # the joint search passes its label variable
+            return x, labels
 
         compiled = resolve_compile(self.compile, steps=self.iterations * self.restarts * 20)
         matcher = GradientMatcher(

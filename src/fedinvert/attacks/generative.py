@@ -469,6 +469,7 @@ class GenerativeAttack(Attack):
         kept, kept_distance = (result.best, result.best_distance) if carry == "best" else (
             result.last, result.last_distance
         )
+        assert kept_distance is not None  # `optimize` always records its last iterate
         with torch.no_grad():
             flat_kept = [t.reshape(restarts * batch, *t.shape[2:]) for t in kept]
             carried = assemble([*flat_kept, *constants])

@@ -66,7 +66,7 @@ class BatchNormPrior:
         for p in copied.parameters():
             p.requires_grad_(False)
         layers = batch_norm_layers(copied)
-        self.targets = [(m.running_mean.detach().clone(), m.running_var.detach().clone()) for _, m in layers]
+        self.targets = [(m.running_mean.detach().clone(), m.running_var.detach().clone()) for _, m in layers]  # type: ignore[operator]
         # the same forward as GradientMatcher's copy: batch statistics without updating running buffers in
         # train mode; in eval mode the affine form of BatchNorm, which vmap batches natively
         if copied.training:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,7 +44,7 @@ def cosine_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor
     dot = sum((d * t).sum() for d, t in zip(dummy, target, strict=True))
     dn = sum((d * d).sum() for d in dummy)
     tn = sum((t * t).sum() for t in target)
-    return 1 - dot / (torch.sqrt(dn) * torch.sqrt(tn) + _EPS)  # type: ignore[operator]
+    return 1 - dot / (torch.sqrt(dn) * torch.sqrt(tn) + _EPS)  # type: ignore[operator, arg-type]
 
 
 @DISTANCES.register("layer_cosine")
@@ -228,7 +228,7 @@ class GradientMatcher:
         self._first_call = True
 
     # -- pure pieces -----------------------------------------------------------------------------
-    def _loss(self, params: dict[str, Tensor], inputs: Tensor, labels: Tensor) -> Tensor:
+    def _loss(self, params: Mapping[str, Tensor], inputs: Tensor, labels: Tensor) -> Tensor:
         logits = torch.func.functional_call(self.model, {**params, **self.frozen, **self.buffers}, (inputs,))
         return soft_cross_entropy(logits, labels)
 
@@ -324,6 +324,11 @@ class _AffineBatchNorm(nn.Module):
     Numerically the same as `nn.BatchNorm*d` in eval mode, but with plain ops that `vmap` batches natively.
     """
 
+    running_mean: Tensor
+    running_var: Tensor
+    weight: Tensor | None
+    bias: Tensor | None
+
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
         super().__init__()
         self.eps = bn.eps
@@ -341,7 +346,7 @@ class _AffineBatchNorm(nn.Module):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         scale = torch.rsqrt(self.running_var + self.eps)
         out = (x - self.running_mean.view(shape)) * scale.view(shape)
-        if self.weight is not None:
+        if self.weight is not None and self.bias is not None:  # both or neither (affine)
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out
 

@@ -69,6 +69,15 @@ def _list_to_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def _annotated(base: Any, *metadata: Any) -> Any:
+    """``Annotated[base, *metadata]`` built at run time."""
+    params = (base, *metadata)
+    return _ANNOTATED[params]
+
+
+_ANNOTATED: Any = Annotated
+
+
 def config_type(annotation: Any, constraints: tuple[Any, ...] = (), choices: tuple[str, ...] | None = None) -> Any:
     """The type a configuration value is checked against, made from a keyword's annotation.
 
@@ -82,7 +91,7 @@ def config_type(annotation: Any, constraints: tuple[Any, ...] = (), choices: tup
         inner, *meta = args
         if any(isinstance(m, AllowInfNan) for m in meta):
             return annotation
-        return Annotated[(config_type(inner, constraints, choices), *meta)]
+        return _annotated(config_type(inner, constraints, choices), *meta)
     if origin in (Union, types.UnionType):
         return Union[tuple(config_type(a, constraints, choices) for a in args)]  # noqa: UP007
     if origin is Literal and any(isinstance(a, int) and not isinstance(a, bool) for a in args):
@@ -91,11 +100,11 @@ def config_type(annotation: Any, constraints: tuple[Any, ...] = (), choices: tup
         return list[config_type(args[0], constraints, choices)] if args else list  # type: ignore[misc]
     if origin is tuple:
         items = tuple(config_type(a, constraints, choices) if a is not Ellipsis else a for a in args)
-        return Annotated[tuple[items] if items else tuple, BeforeValidator(_list_to_tuple)]  # type: ignore[valid-type]
+        return _annotated(tuple[items] if items else tuple, BeforeValidator(_list_to_tuple))  # type: ignore[valid-type]
     if annotation is int:
-        return Annotated[(int, BeforeValidator(_integral_float), *constraints)]
+        return _annotated(int, BeforeValidator(_integral_float), *constraints)
     if annotation is float:
-        return Annotated[(float, AllowInfNan(False), *constraints)]
+        return _annotated(float, AllowInfNan(False), *constraints)
     if annotation is str and choices is not None:
         return Literal[choices]
     return annotation
@@ -398,7 +407,7 @@ def _group_section(cfg: Mapping[str, Any], group: str, *, optional: bool = False
 def _registered(registry: Any, key: str, name: str) -> Callable[..., Any]:
     """The factory registered as ``name``; the registry's ConfigError (known names, a close match) with the key."""
     try:
-        return registry.get(name)  # type: ignore[no-any-return]
+        return registry.get(name)
     except ConfigError as err:
         raise ConfigError(f"{key}: {err}") from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,7 @@ def _constructor_keywords(name: str) -> frozenset[str]:
 def build_dataset(
     name: str,
     *,
-    root: str | Path | None = None,
+    root: str | os.PathLike[str] | None = None,
     image_size: int | None = None,
     channels: int | None = None,
     num_classes: int | None = None,

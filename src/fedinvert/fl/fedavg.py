@@ -48,7 +48,7 @@ def local_batches(n: int, local: LocalTraining) -> list[Tensor]:
         raise ConfigError(f"local training needs at least one sample, got {n}")
     check_local_training(local)
     rng = None if local.shuffle_seed is None else np.random.default_rng(int(local.shuffle_seed))
-    batches = []
+    batches: list[Tensor] = []
     for _ in range(local.epochs):
         order = torch.arange(n) if rng is None else torch.from_numpy(rng.permutation(n).astype(np.int64))
         batches.extend(order[i : i + local.batch_size] for i in range(0, n, local.batch_size))

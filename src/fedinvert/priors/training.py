@@ -283,8 +283,8 @@ class GANTrainer:
         decay = min(self.settings.ema_decay, (1.0 + since) / (10.0 + since))
         for average, live in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
             average.lerp_(live, 1.0 - decay)
-        for average, live in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
-            average.copy_(live)
+        for kept, current in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
+            kept.copy_(current)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, Tensor]:
@@ -448,7 +448,7 @@ def save_grid(images: Tensor, path: PathLike, *, columns: int = 10, scale: int =
         canvas[r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = images[i, 0]
     pixels = (canvas.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     picture = Image.fromarray(np.ascontiguousarray(pixels), mode="L")
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}.png")

@@ -52,7 +52,7 @@ def image_grid(
         if labels is not None:
             draw.text((4, top + h // 2 - 6), labels[r], fill="black")
         for c, image in enumerate(_to_uint8(row)):
-            tile = Image.fromarray(image).resize((w, h), Image.NEAREST)
+            tile = Image.fromarray(image).resize((w, h), Image.Resampling.NEAREST)
             canvas.paste(tile, (label_width + pad + c * (w + pad), top))
     for i, line in enumerate(lines):
         draw.text((4, grid_height + i * line_height + 1), line, fill="black")
