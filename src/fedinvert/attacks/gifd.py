@@ -102,7 +102,9 @@ class GIFD(GenerativeAttack):
             deep stage can never be worse than the one before it. ``final``: its last evaluated iterate and
             that iterate's distance — the official code's behaviour and the setting of ``gifd-e``, ``gifd-f``
             and the official presets — so a deep stage can end worse than it began and choosing the
-            least-distance stage matters.
+            least-distance stage matters. Default ``best``: no difference measured — paired over 10 LFW faces
+            (B = 1, 32 px, face-dcgan, 5 stages × 60 steps × 2 restarts; ``benchmarks/gifd_carry.py``),
+            PSNR best − final = +0.14 ± 1.19 dB (95 % interval), with the chosen stage differing on 7 of 10.
         tv: total-variation weight (1e-4); image_norm: ‖x‖₂/(H·W) weight (1e-6).
         distance: gradient distance (``cosine``: GIFD's global cosine).
         prune_ratio: for ``distance="masked_cosine"``.
