@@ -208,9 +208,9 @@ def test_bad_argument_is_one_line_and_exit_2(workdir, capsys, args, needle):
 
 
 def _alias_bomb() -> str:
+    """Nine levels of ten aliases each: 10^9 values once expanded, a few hundred bytes as written."""
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1},"
-              f" *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     return "\n".join(lines) + "\n"
 
 
@@ -248,16 +248,36 @@ def test_bad_config_file_is_one_line_and_exit_2(workdir, capsys, name, content, 
 
 def test_a_directory_named_like_a_config_file_is_refused(workdir, capsys):
     (workdir / "dir.yaml").mkdir()
-    _refused(capsys, workdir, ["attack", "--config", str(workdir / "dir.yaml")], "dir.yaml", keep=["dir.yaml"])
+    _refused(
+        capsys, workdir, ["attack", "--config", str(workdir / "dir.yaml")], "dir.yaml", keep=["dir.yaml"]
+    )
 
 
 def test_the_corpus_covers_every_example_of_the_bad_input_report():
     flat = {" ".join(args) for args, _ in CASES}
-    for example in ("batch_size=abc", "batch_size=[2]", "threat=5", "protocol=[1,2]", "attack=[a,b]",
-                    "attack.distance=[1,2]", "defense.gaussian_noise=5", "model=convnet model.width=abc",
-                    "observation=123", "prior=fashion prior.weights=5", "seed=abc", "attack.lr=.nan",
-                    "attack.lr=.inf", "batch_size=1.5", "seed=1.5", "seed=4294967296", "attack.tv=-1",
-                    "progress=maybe", "overwrite=maybe", "image_size=100000", "dataset.label_map=[100000000]",
-                    "protocol=fedavg protocol.shuffle_seed=abc"):
+    for example in (
+        "batch_size=abc",
+        "batch_size=[2]",
+        "threat=5",
+        "protocol=[1,2]",
+        "attack=[a,b]",
+        "attack.distance=[1,2]",
+        "defense.gaussian_noise=5",
+        "model=convnet model.width=abc",
+        "observation=123",
+        "prior=fashion prior.weights=5",
+        "seed=abc",
+        "attack.lr=.nan",
+        "attack.lr=.inf",
+        "batch_size=1.5",
+        "seed=1.5",
+        "seed=4294967296",
+        "attack.tv=-1",
+        "progress=maybe",
+        "overwrite=maybe",
+        "image_size=100000",
+        "dataset.label_map=[100000000]",
+        "protocol=fedavg protocol.shuffle_seed=abc",
+    ):
         assert example in flat, example
     assert len(CASES) + len(FILES) >= 80

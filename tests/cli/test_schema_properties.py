@@ -75,8 +75,13 @@ def _cases():
     cases = []
     for key, annotation in TOP_LEVEL.items():
         cases.append((key, lambda v, key=key: {key: v}, admitted(annotation)))
-    sections = {"threat": {"dict"}, "metrics": {"dict"}, "normalization": {"str", "dict"}, "defense":
-                {"str", "list", "dict", "none"}, "prior": {"str", "dict", "none"}}
+    sections = {
+        "threat": {"dict"},
+        "metrics": {"dict"},
+        "normalization": {"str", "dict"},
+        "defense": {"str", "list", "dict", "none"},
+        "prior": {"str", "dict", "none"},
+    }
     sections.update(dict.fromkeys(("attack", "model", "dataset", "protocol"), {"str", "dict"}))
     for key, kinds in sections.items():
         cases.append((key, lambda v, key=key: {key: v}, kinds))
@@ -95,23 +100,46 @@ def _cases():
                 if (group, key, repr(annotation)) in seen:
                     continue
                 seen.add((group, key, repr(annotation)))
-                cases.append((f"{group}.{key}", lambda v, g=group, n=name, k=key: {g: {"name": n, k: v}},
-                              admitted(annotation), name))
+                cases.append(
+                    (
+                        f"{group}.{key}",
+                        lambda v, g=group, n=name, k=key: {g: {"name": n, k: v}},
+                        admitted(annotation),
+                        name,
+                    )
+                )
     for name in MODELS.names():
         factory = MODELS.get(name)
         for key, annotation in keyword_schema("model", factory, model_options(name)).items():
-            cases.append((f"model.{key}", lambda v, n=name, k=key: {"model": {"name": n, k: v}},
-                          admitted(annotation), name))
+            cases.append(
+                (
+                    f"model.{key}",
+                    lambda v, n=name, k=key: {"model": {"name": n, k: v}},
+                    admitted(annotation),
+                    name,
+                )
+            )
     for name, factory in PROTOCOLS.items():
         for key, annotation in keyword_schema("protocol", factory, list(class_keywords(factory))).items():
-            cases.append((f"protocol.{key}", lambda v, n=name, k=key: {"protocol": {"name": n, k: v}},
-                          admitted(annotation), name))
+            cases.append(
+                (
+                    f"protocol.{key}",
+                    lambda v, n=name, k=key: {"protocol": {"name": n, k: v}},
+                    admitted(annotation),
+                    name,
+                )
+            )
     for name in DEFENSES.names():
         factory = DEFENSES.get(name)
         schema = keyword_schema("defense", factory, list(class_keywords(factory)), table=f"defense.{name}")
         for key, annotation in schema.items():
-            cases.append((f"defense.{name}.{key}", lambda v, n=name, k=key: {"defense": {n: {k: v}}},
-                          admitted(annotation)))
+            cases.append(
+                (
+                    f"defense.{name}.{key}",
+                    lambda v, n=name, k=key: {"defense": {n: {k: v}}},
+                    admitted(annotation),
+                )
+            )
     return [(c[0], c[1], c[2], c[3] if len(c) > 3 else "") for c in cases if set(KINDS) - c[2]]
 
 
@@ -132,15 +160,31 @@ def workdir(tmp_path, monkeypatch):
 
 def test_every_registered_class_contributes_keys():
     keys = {key for key, *_ in CASES}
-    for needle in ("attack.lr", "attack.iterations", "attack.steps_per_stage", "defense.gaussian_noise.std",
-                   "defense.quantization.bits", "model.width", "prior.weights", "protocol.shuffle_seed",
-                   "batch_size", "seed", "overwrite", "threat.labels", "dataset.label_map", "metrics.st_lpips"):
+    for needle in (
+        "attack.lr",
+        "attack.iterations",
+        "attack.steps_per_stage",
+        "defense.gaussian_noise.std",
+        "defense.quantization.bits",
+        "model.width",
+        "prior.weights",
+        "protocol.shuffle_seed",
+        "batch_size",
+        "seed",
+        "overwrite",
+        "threat.labels",
+        "dataset.label_map",
+        "metrics.st_lpips",
+    ):
         assert needle in keys, needle
     assert len(CASES) > 100
 
 
-@pytest.mark.parametrize(("key", "config", "accepts", "name"), CASES,
-                         ids=[f"{key}[{name}]" if name else key for key, _, _, name in CASES])
+@pytest.mark.parametrize(
+    ("key", "config", "accepts", "name"),
+    CASES,
+    ids=[f"{key}[{name}]" if name else key for key, _, _, name in CASES],
+)
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_a_wrongly_typed_value_is_one_line_and_exit_2(workdir, capsys, key, config, accepts, name, data):
@@ -158,8 +202,11 @@ def test_a_wrongly_typed_value_is_one_line_and_exit_2(workdir, capsys, key, conf
 FLOAT_KEYS = [(key, config, name) for key, config, accepts, name in CASES if "float" in accepts]
 
 
-@pytest.mark.parametrize(("key", "config", "name"), FLOAT_KEYS,
-                         ids=[f"{key}[{name}]" if name else key for key, _, name in FLOAT_KEYS])
+@pytest.mark.parametrize(
+    ("key", "config", "name"),
+    FLOAT_KEYS,
+    ids=[f"{key}[{name}]" if name else key for key, _, name in FLOAT_KEYS],
+)
 def test_every_float_key_refuses_nan_and_inf(workdir, capsys, key, config, name):
     path = Path(workdir) / "config.yaml"
     for value in (math.nan, math.inf, -math.inf):

@@ -72,9 +72,11 @@ def _read_config_file(path: Path, name: str) -> bytes:
         with path.open("rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
-        raise ConfigError(f"config file {name}: cannot be read ({err.strerror or type(err).__name__})") from None
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(f"config file {name}: cannot be read ({reason})") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {name}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a configuration is far smaller")
+        size = MAX_CONFIG_BYTES // 1024
+        raise ConfigError(f"config file {name}: larger than {size} KiB; a configuration is far smaller")
     return raw
 
 
@@ -84,10 +86,11 @@ def _parse_yaml(raw: bytes, name: str) -> Any:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise ConfigError(
-            f"config file {name}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); save it as UTF-8"
+            f"config file {name}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start});"
+            " save it as UTF-8"
         ) from None
     try:
-        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506  (a safe loader)
+        data = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {name} is not valid YAML: {_yaml_problem(err)}") from None
     check_plain(data, source=f"config file {name}")
@@ -150,7 +153,8 @@ def _normalise_groups(data: dict[str, Any]) -> dict[str, Any]:
 
 _EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 _SECTIONS = ("threat", "metrics")  # top-level keys that hold a mapping of their own (besides the groups)
-_PATH_KEYS = ("out", "observation", "root", "weights", "lpips_weights")  # values taken as written, not as YAML
+# keys whose values are paths: taken as written, not parsed as YAML
+_PATH_KEYS = ("out", "observation", "root", "weights", "lpips_weights")
 
 
 def _parse_overrides(overrides: Sequence[str]) -> list[dict[str, Any]]:
@@ -171,7 +175,7 @@ def _parse_overrides(overrides: Sequence[str]) -> list[dict[str, Any]]:
             value: Any = None if raw in ("", "null", "~") else raw
         else:
             try:
-                value = yaml.load(raw, Loader=_SAFE_LOADER) if raw != "" else None  # noqa: S506  (a safe loader)
+                value = yaml.load(raw, Loader=_SAFE_LOADER) if raw != "" else None
             except yaml.YAMLError:
                 value = raw
             check_plain(value, key)

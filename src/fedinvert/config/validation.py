@@ -26,8 +26,10 @@ from typing import Annotated, Any, Literal, Union
 
 import annotated_types as at
 from pydantic import AllowInfNan, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
+from pydantic_core import SchemaError
 
 from fedinvert.errors import ConfigError
+from fedinvert.models.layers import MIN_IMAGE_SIZE
 
 # -- bounds ----------------------------------------------------------------------------------------------
 MAX_CONFIG_BYTES = 256 * 1024
@@ -41,13 +43,13 @@ MAX_NODES = 50_000
 MAX_DEPTH = 32
 """Deepest nesting of lists and mappings."""
 MAX_BATCH_SIZE = 10_000
+"""Largest ``batch_size`` (per client); the memory check of the run itself comes later."""
 MAX_IMAGE_SIZE = 4096
-"""Largest image side in pixels; the allocator check of the run itself comes later."""
+"""Largest image side in pixels; the memory check of the run itself comes later."""
 MAX_CLASSES = 100_000
 """Largest label space (``num_classes``, entries of ``dataset.label_map``)."""
 MAX_SEED = 2**32 - 1
 """Seeds are 32-bit (`fedinvert.seeding`): a larger one would alias a smaller one."""
-MIN_IMAGE_SIZE = 8
 
 _STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
 _NONE = type(None)
@@ -78,12 +80,14 @@ def _annotated(base: Any, *metadata: Any) -> Any:
 _ANNOTATED: Any = Annotated
 
 
-def config_type(annotation: Any, constraints: tuple[Any, ...] = (), choices: tuple[str, ...] | None = None) -> Any:
+def config_type(
+    annotation: Any, constraints: tuple[Any, ...] = (), choices: tuple[str, ...] | None = None
+) -> Any:
     """The type a configuration value is checked against, made from a keyword's annotation.
 
     ``int`` also takes integral floats; every ``float`` must be finite (unless the annotation says
-    ``AllowInfNan(True)``); a ``tuple`` also takes a YAML list; ``constraints`` (annotated-types bounds such as
-    ``Ge(0)``) apply to every number in the annotation, ``choices`` replace ``str`` by a ``Literal``.
+    ``AllowInfNan(True)``); a ``tuple`` also takes a YAML list; ``constraints`` (annotated-types bounds
+    such as ``Ge(0)``) apply to every number in the annotation, ``choices`` replace ``str`` by a ``Literal``.
     """
     args = typing.get_args(annotation)
     origin = typing.get_origin(annotation)
@@ -100,7 +104,8 @@ def config_type(annotation: Any, constraints: tuple[Any, ...] = (), choices: tup
         return list[config_type(args[0], constraints, choices)] if args else list  # type: ignore[misc]
     if origin is tuple:
         items = tuple(config_type(a, constraints, choices) if a is not Ellipsis else a for a in args)
-        return _annotated(tuple[items] if items else tuple, BeforeValidator(_list_to_tuple))  # type: ignore[valid-type]
+        fixed = tuple[items] if items else tuple  # type: ignore[valid-type]
+        return _annotated(fixed, BeforeValidator(_list_to_tuple))
     if annotation is int:
         return _annotated(int, BeforeValidator(_integral_float), *constraints)
     if annotation is float:
@@ -111,8 +116,23 @@ def config_type(annotation: Any, constraints: tuple[Any, ...] = (), choices: tup
 
 
 @functools.lru_cache(maxsize=1024)
-def _adapter(annotation: Any) -> TypeAdapter[Any]:
+def _cached_adapter(annotation: Any) -> TypeAdapter[Any]:
     return TypeAdapter(annotation, config=_STRICT)
+
+
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    """The strict validator of ``annotation``; one that accepts anything where pydantic has no schema for it
+    (a class keyword annotated with a protocol, say: the class checks such values itself)."""
+    try:
+        return _cached_adapter(annotation)
+    except (
+        TypeError,
+        SchemaError,
+    ):  # unhashable, or no schema (PydanticSchemaGenerationError is a TypeError)
+        try:
+            return TypeAdapter(annotation, config=_STRICT)
+        except (TypeError, SchemaError):
+            return _cached_adapter(Any)
 
 
 def describe(annotation: Any) -> str:
@@ -136,8 +156,16 @@ def describe(annotation: Any) -> str:
         return f"a list of {len(args)} entries ({', '.join(describe(a) for a in args)})" if args else "a list"
     if origin in (dict, Mapping) or annotation in (dict, Mapping):
         return "a mapping"
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", _NONE: "null",
-             Path: "a path", os.PathLike: "a path", Any: "anything"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        _NONE: "null",
+        Path: "a path",
+        os.PathLike: "a path",
+        Any: "anything",
+    }
     if annotation in names:
         return names[annotation]
     if origin is os.PathLike:
@@ -197,11 +225,6 @@ def check_value(key: str, annotation: Any, value: Any) -> Any:
         return _adapter(annotation).validate_python(value)
     except ValidationError as err:
         errors = err.errors(include_url=False)
-    except TypeError:  # an unhashable annotation (cannot be cached): validate uncached
-        try:
-            return TypeAdapter(annotation, config=_STRICT).validate_python(value)
-        except ValidationError as err:
-            errors = err.errors(include_url=False)
     for error in errors:
         template = _CONSTRAINT_TEXT.get(error["type"])
         if template is None and error["type"] != "value_error":
@@ -214,7 +237,12 @@ def check_value(key: str, annotation: Any, value: Any) -> Any:
 
 
 def check_mapping(
-    prefix: str, spec: Mapping[str, Any], values: Any, *, defaults: Mapping[str, Any] | None = None, what: str = ""
+    prefix: str,
+    spec: Mapping[str, Any],
+    values: Any,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    what: str = "",
 ) -> dict[str, Any]:
     """Every key of the mapping ``values`` checked against ``spec`` (key → annotation); keys missing from
     ``values`` are taken from ``defaults`` unchecked (or left out). Unknown keys and a value that is not a
@@ -235,6 +263,11 @@ def check_mapping(
 def _count(low: int = 1, high: int | None = None) -> Any:
     """An integer in [low, high] (or ≥ low)."""
     return config_type(int, (at.Ge(low),) if high is None else (at.Ge(low), at.Le(high)))
+
+
+def _list_of(entry: Any, most: int, least: int = 0) -> Any:
+    """A list of ``entry`` values with ``least`` to ``most`` entries."""
+    return _annotated(list[entry], at.MinLen(least), at.MaxLen(most))  # type: ignore[valid-type]
 
 
 def _optional(annotation: Any) -> Any:
@@ -267,11 +300,11 @@ THREAT: dict[str, Any] = {
 
 DATASET: dict[str, Any] = {
     "name": str,
-    "indices": _optional(Union[Annotated[list[_count(0)], at.MaxLen(MAX_LIST_ENTRIES)], _count(0)]),  # type: ignore[misc]  # noqa: UP007
+    "indices": _optional(Union[_list_of(_count(0), MAX_LIST_ENTRIES), _count(0)]),  # noqa: UP007
     "split": _optional(str),
     "unique_labels": bool,
     "root": _PATH,
-    "label_map": _optional(Annotated[list[_count(0, MAX_CLASSES - 1)], at.MaxLen(MAX_CLASSES)]),  # type: ignore[misc]
+    "label_map": _optional(_list_of(_count(0, MAX_CLASSES - 1), MAX_CLASSES)),
 }
 
 METRICS: dict[str, Any] = {
@@ -282,8 +315,8 @@ METRICS: dict[str, Any] = {
 }
 
 NORMALIZATION: dict[str, Any] = {
-    "mean": Annotated[list[config_type(float)], at.MinLen(1), at.MaxLen(3)],  # type: ignore[misc]
-    "std": Annotated[list[config_type(float, (at.Gt(0),))], at.MinLen(1), at.MaxLen(3)],  # type: ignore[misc]
+    "mean": _list_of(config_type(float), 3, 1),
+    "std": _list_of(config_type(float, (at.Gt(0),)), 3, 1),
 }
 
 # -- class keywords --------------------------------------------------------------------------------------
@@ -296,15 +329,27 @@ _SEED = (at.Ge(0), at.Le(MAX_SEED))
 RANGES: dict[str, dict[str, tuple[Any, ...]]] = {
     "attack": {
         **dict.fromkeys(
-            ("iterations", "restarts", "steps_per_stage", "latent_steps", "coarse_steps", "remapper_samples",
-             "remapper_epochs", "group_every", "max_eval", "log_every"),
+            (
+                "iterations",
+                "restarts",
+                "steps_per_stage",
+                "latent_steps",
+                "coarse_steps",
+                "remapper_samples",
+                "remapper_epochs",
+                "group_every",
+                "max_eval",
+                "log_every",
+            ),
             _COUNT,
         ),
         "finetune_steps": (at.Ge(0),),
         "group_start": (at.Ge(0),),
         "population": (at.Ge(2),),
         **dict.fromkeys(("lr", "finetune_lr", "sigma", "feature_lr_scale"), _RATE),
-        **dict.fromkeys(("tv", "image_norm", "kld", "bn", "bn_first", "group", "radii", "latent_radii"), _WEIGHT),
+        **dict.fromkeys(
+            ("tv", "image_norm", "kld", "bn", "bn_first", "group", "radii", "latent_radii"), _WEIGHT
+        ),
         "prune_ratio": _FRACTION,
     },
     "protocol": {
@@ -317,8 +362,19 @@ RANGES: dict[str, dict[str, tuple[Any, ...]]] = {
     "model": {"width": _RATE, "blocks": _COUNT},
     "prior": {
         **dict.fromkeys(
-            ("resolution", "channel_width", "z_dim", "num_classes", "n_stats", "size", "style_dim", "n_mlp",
-             "channel_multiplier", "max_channels", "noise_blocks"),
+            (
+                "resolution",
+                "channel_width",
+                "z_dim",
+                "num_classes",
+                "n_stats",
+                "size",
+                "style_dim",
+                "n_mlp",
+                "channel_multiplier",
+                "max_channels",
+                "noise_blocks",
+            ),
             _COUNT,
         ),
         "truncation": _RATE,
@@ -358,7 +414,8 @@ def _choices(group: str) -> dict[str, tuple[str, ...]]:
 def keyword_annotations(factory: Callable[..., Any]) -> dict[str, Any]:
     """The ``__init__`` annotations of a class (its MRO's, the most derived winning) or of a function."""
     if inspect.isclass(factory):
-        targets = [c.__init__ for c in reversed(inspect.getmro(factory)) if "__init__" in vars(c)]  # type: ignore[misc]
+        classes = [c for c in reversed(inspect.getmro(factory)) if "__init__" in vars(c)]
+        targets = [c.__init__ for c in classes]  # type: ignore[misc]
     else:
         targets = [factory]
     hints: dict[str, Any] = {}
@@ -371,7 +428,9 @@ def keyword_annotations(factory: Callable[..., Any]) -> dict[str, Any]:
     return hints
 
 
-def keyword_schema(group: str, factory: Callable[..., Any], keys: list[str], *, table: str | None = None) -> dict[str, Any]:
+def keyword_schema(
+    group: str, factory: Callable[..., Any], keys: list[str], *, table: str | None = None
+) -> dict[str, Any]:
     """key → the type a configured value of that keyword of ``factory`` is checked against."""
     from fedinvert.config.schema import class_keywords
 
@@ -405,15 +464,22 @@ def _group_section(cfg: Mapping[str, Any], group: str, *, optional: bool = False
 
 
 def _registered(registry: Any, key: str, name: str) -> Callable[..., Any]:
-    """The factory registered as ``name``; the registry's ConfigError (known names, a close match) with the key."""
+    """The factory registered as ``name``; else the registry's ConfigError (known names, a close match)."""
     try:
         return registry.get(name)
     except ConfigError as err:
         raise ConfigError(f"{key}: {err}") from None
 
 
-def _check_keywords(group: str, name: str, factory: Callable[..., Any], section: dict[str, Any], valid: list[str],
-                    *, table: str | None = None) -> dict[str, Any]:
+def _check_keywords(
+    group: str,
+    name: str,
+    factory: Callable[..., Any],
+    section: dict[str, Any],
+    valid: list[str],
+    *,
+    table: str | None = None,
+) -> dict[str, Any]:
     given = {k: v for k, v in section.items() if k != "name"}
     unknown = sorted(str(k) for k in set(given) - set(valid))
     if unknown:
@@ -435,7 +501,9 @@ def _check_device(value: str) -> None:
     try:
         torch.device(value)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"device: must be auto, cpu, cuda, cuda:N or another torch device, got {show(value)}") from None
+        raise ConfigError(
+            f"device: must be auto, cpu, cuda, cuda:N or another torch device, got {show(value)}"
+        ) from None
 
 
 def _check_normalization(value: Any, channels: int | None) -> Any:
@@ -443,12 +511,15 @@ def _check_normalization(value: Any, channels: int | None) -> Any:
         return value
     if not isinstance(value, Mapping):
         raise ConfigError(
-            f"normalization: must be auto, identity or a mapping {{mean: [...], std: [...]}}, got {show(value)}"
+            "normalization: must be auto, identity or a mapping {mean: [...], std: [...]},"
+            f" got {show(value)}"
         )
     checked = check_mapping("normalization", NORMALIZATION, value)
     for key in NORMALIZATION:
         if key not in checked:
-            raise ConfigError(f"normalization.{key}: missing; give mean and std, one entry or one per channel")
+            raise ConfigError(
+                f"normalization.{key}: missing; give mean and std, one entry or one per channel"
+            )
         allowed = sorted({1, channels} if channels else {1, 3})
         if len(checked[key]) not in allowed:
             counts = "1 entry" if allowed == [1] else f"{' or '.join(map(str, allowed))} entries"
@@ -461,15 +532,23 @@ def _check_normalization(value: Any, channels: int | None) -> Any:
 
 # Keys whose value a saved observation has fixed: setting them when re-attacking one would be recorded but
 # not applied.
-_FIXED_BY_OBSERVATION = ("dataset", "batch_size", "image_size", "channels", "num_classes", "defense", "protocol",
-                         "normalization")
+_FIXED_BY_OBSERVATION = (
+    "dataset",
+    "batch_size",
+    "image_size",
+    "channels",
+    "num_classes",
+    "defense",
+    "protocol",
+    "normalization",
+)
 
 
 def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Check a resolved configuration against the schema, before any work; returns a checked plain copy.
 
-    Keys missing from ``cfg`` take their defaults (`fedinvert.config.DEFAULTS`). Paths are turned into strings,
-    integral floats into integers for integer keys, integers into floats for float keys. The names of the
+    Keys missing from ``cfg`` take their defaults (`fedinvert.config.DEFAULTS`). Paths become strings,
+    integral floats integers (for integer keys) and integers floats (for float keys). The names of the
     attack, model, data set, prior, protocol and defences must be registered, and their keywords fit the
     classes' annotations and `RANGES`; a saved ``observation`` must exist, and the keys it fixes must not be
     set.
@@ -512,7 +591,8 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     splits = tuple(getattr(factory, "splits", ()))
     if split is not None and splits and split not in splits:
         raise ConfigError(
-            f"dataset.split: dataset '{out['dataset']['name']}' has the splits {', '.join(splits)}, got {show(split)}"
+            f"dataset.split: dataset '{out['dataset']['name']}' has the splits {', '.join(splits)},"
+            f" got {show(split)}"
         )
 
     model = _group_section(merged, "model")
@@ -543,7 +623,9 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             f"protocol.name: unknown protocol '{protocol['name']}'; known: {', '.join(sorted(PROTOCOLS))}"
         )
     factory = PROTOCOLS[protocol["name"]]
-    out["protocol"] = _check_keywords("protocol", protocol["name"], factory, protocol, list(class_keywords(factory)))
+    out["protocol"] = _check_keywords(
+        "protocol", protocol["name"], factory, protocol, list(class_keywords(factory))
+    )
 
     defense = merged["defense"]
     if defense is None:
@@ -561,7 +643,12 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 f" got {show(params)}"
             )
         out["defense"][name] = _check_keywords(
-            f"defense.{name}", str(name), factory, dict(params), list(class_keywords(factory)), table=f"defense.{name}"
+            f"defense.{name}",
+            str(name),
+            factory,
+            dict(params),
+            list(class_keywords(factory)),
+            table=f"defense.{name}",
         )
 
     _check_exists("metrics.lpips_weights", out["metrics"].get("lpips_weights"))
@@ -612,7 +699,9 @@ def check_plain(data: Any, where: str = "", *, source: str | None = None) -> Non
         if isinstance(value, (Mapping, list)):
             nodes += len(value)
             if nodes > MAX_NODES:
-                raise ConfigError(f"{lead}{label}: holds more than {MAX_NODES} values; a configuration is far smaller")
+                raise ConfigError(
+                    f"{lead}{label}: holds more than {MAX_NODES} values; a configuration is far smaller"
+                )
         if isinstance(value, Mapping):
             for key, item in value.items():
                 if not isinstance(key, str):
@@ -620,11 +709,14 @@ def check_plain(data: Any, where: str = "", *, source: str | None = None) -> Non
                 stack.append((f"{path}.{key}" if path else key, item, depth + 1))
         elif isinstance(value, list):
             if len(value) > MAX_LIST_ENTRIES:
-                raise ConfigError(f"{lead}{label}: must hold at most {MAX_LIST_ENTRIES} entries, got {len(value)}")
+                raise ConfigError(
+                    f"{lead}{label}: must hold at most {MAX_LIST_ENTRIES} entries, got {len(value)}"
+                )
             stack.extend((f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value))
         elif not (value is None or isinstance(value, (str, int, float, bool))):
             raise ConfigError(
-                f"{lead}{label}: must be a string, number, true/false, null, list or mapping, got {show(value)}"
+                f"{lead}{label}: must be a string, number, true/false, null, list or mapping,"
+                f" got {show(value)}"
             )
 
 
