@@ -195,6 +195,8 @@ CASES = [
     ([f"observation={OBS}", "defense=clipping"], "defense.clipping"),
     ([f"observation={OBS}", "dataset=digits"], "dataset.name"),
     ([f"observation={OBS}", "protocol=fedavg"], "protocol.name"),
+    ([f"observation={OBS}", "model=convnet"], "model.name"),
+    ([f"observation={OBS}", "threat.batch_size=unknown"], "threat.batch_size"),
     # sizes of the raw input
     (["dataset.indices=[" + "1," * 40_000 + "1]"], "dataset.indices"),
     (["dataset.indices=[" + "1," * 20_000 + "1]"], "dataset.indices"),

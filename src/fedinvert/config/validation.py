@@ -530,20 +530,6 @@ def _check_normalization(value: Any, channels: int | None) -> Any:
     return checked
 
 
-# Keys whose value a saved observation has fixed: setting them when re-attacking one would be recorded but
-# not applied.
-_FIXED_BY_OBSERVATION = (
-    "dataset",
-    "batch_size",
-    "image_size",
-    "channels",
-    "num_classes",
-    "defense",
-    "protocol",
-    "normalization",
-)
-
-
 def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Check a resolved configuration against the schema, before any work; returns a checked plain copy.
 
@@ -562,7 +548,7 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     from fedinvert.defenses import DEFENSES
     from fedinvert.models.base import MODELS, model_options
     from fedinvert.priors import PRIORS
-    from fedinvert.runner import PROTOCOLS
+    from fedinvert.runner import PROTOCOLS, observation_conflicts
 
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"the configuration must be a mapping, got {show(cfg)}")
@@ -654,24 +640,13 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     _check_exists("metrics.lpips_weights", out["metrics"].get("lpips_weights"))
     if out["observation"] is not None:
         _check_exists("observation", out["observation"])
-        for key in _FIXED_BY_OBSERVATION:
-            changed = _changed_key(key, out[key], DEFAULTS[key])
-            if changed is not None:
-                raise ConfigError(
-                    f"{changed[0]}: cannot apply to a saved observation (it fixes the data, the batch and the"
-                    f" client side); leave it out when re-attacking one, got {show(changed[1])}"
-                )
+        conflicts = observation_conflicts(out)
+        if conflicts:
+            raise ConfigError(
+                f"{', '.join(conflicts)}: cannot apply to a saved observation (it fixes the data, the victim and the"
+                " client side); leave them out when re-attacking one"
+            )
     return out
-
-
-def _changed_key(key: str, value: Any, default: Any) -> tuple[str, Any] | None:
-    """The first (dotted key, value) of ``value`` that differs from ``default``; None when nothing does."""
-    if isinstance(value, Mapping) and isinstance(default, Mapping):
-        for sub, item in value.items():
-            if sub not in default or item != default[sub]:
-                return f"{key}.{sub}", item
-        return None
-    return None if value == default else (key, value)
 
 
 def _check_exists(key: str, path: str | None) -> None:
