@@ -205,7 +205,7 @@ def test_client_side_keys_are_refused_in_one_line(saved, tmp_path, capsys):
             f"out={tmp_path / 'r'}"]
     assert main(args) == 2
     line = _one_error_line(capsys)
-    assert "cannot apply to it: model.name, threat.defenses" in line
+    assert "model.name, threat.defenses: cannot apply to a saved observation" in line
     assert not (tmp_path / "r").exists()
 
 
