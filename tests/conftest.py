@@ -64,3 +64,18 @@ def check_leakage(private: torch.Tensor, images: torch.Tensor, public: torch.Ten
 def assert_leaks():
     """`check_leakage`: a quality test's one assertion of leakage over the no-leak reference of its own batch."""
     return check_leakage
+
+
+def read_one_error_line(capsys) -> str:
+    """The CLI's stderr as its promised single ``error: ...`` line, with no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    return err
+
+
+@pytest.fixture(scope="session")
+def one_error_line():
+    """`read_one_error_line`: a bad-input test's check of what the CLI printed."""
+    return read_one_error_line

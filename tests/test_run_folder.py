@@ -29,14 +29,6 @@ WRITTEN = {"config.yaml", "run.json", "metrics.json", "history.json", "tensors.s
            "observation.safetensors", "reconstruction.png", "loss.png"}
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    return err
-
-
 def _siblings(folder: Path) -> list[str]:
     """Temporary or moved-aside siblings left in ``folder``."""
     return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
@@ -96,19 +88,19 @@ def test_overwrite_replaces_a_run_folder_and_nothing_else(tmp_path, capsys, fini
     assert _siblings(tmp_path) == []
 
 
-def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys, no_attack):
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys, no_attack, one_error_line):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("years of work")
 
     assert main(["attack", *SMALL, f"out={out}", "overwrite=true"]) == 2
 
-    assert "not a fedinvert run folder (it has no run.json)" in _one_error_line(capsys)
+    assert "not a fedinvert run folder (it has no run.json)" in one_error_line(capsys)
     assert (out / "thesis.tex").read_text() == "years of work"
     assert _siblings(tmp_path) == []
 
 
-def test_overwrite_refuses_a_run_folder_holding_a_users_file(tmp_path, capsys, finished, no_attack):
+def test_overwrite_refuses_a_run_folder_holding_a_users_file(tmp_path, capsys, finished, no_attack, one_error_line):
     out = tmp_path / "run"
     runner.write_run_folder(out, _copy(finished))
     (out / "notes.txt").write_text("mine")
@@ -116,19 +108,19 @@ def test_overwrite_refuses_a_run_folder_holding_a_users_file(tmp_path, capsys, f
 
     assert main(["attack", *SMALL, f"out={out}", "overwrite=true"]) == 2
 
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "holds files a run never writes (extra, notes.txt)" in line
     assert (out / "notes.txt").read_text() == "mine" and (out / "extra").is_dir()
     assert set(os.listdir(out)) >= WRITTEN
 
 
-def test_a_file_as_out_is_refused_even_with_overwrite(tmp_path, capsys, no_attack):
+def test_a_file_as_out_is_refused_even_with_overwrite(tmp_path, capsys, no_attack, one_error_line):
     out = tmp_path / "results.csv"
     out.write_text("a,b\n")
 
     assert main(["attack", *SMALL, f"out={out}", "overwrite=true"]) == 2
 
-    assert "is a file, not a folder" in _one_error_line(capsys)
+    assert "is a file, not a folder" in one_error_line(capsys)
     assert out.read_text() == "a,b\n"
 
 
@@ -161,47 +153,47 @@ def _unwritable(folder: Path):
             folder.chmod(0o755)
 
 
-def test_path_through_a_file_fails_at_once(tmp_path, capsys, no_attack):
+def test_path_through_a_file_fails_at_once(tmp_path, capsys, no_attack, one_error_line):
     (tmp_path / "notes.txt").write_text("x")
     assert main(["attack", *SMALL, f"out={tmp_path / 'notes.txt' / 'run'}"]) == 2
-    assert "which is a file, not a folder" in _one_error_line(capsys)
+    assert "which is a file, not a folder" in one_error_line(capsys)
 
 
-def test_unwritable_parent_fails_at_once(tmp_path, capsys, no_attack):
+def test_unwritable_parent_fails_at_once(tmp_path, capsys, no_attack, one_error_line):
     parent = tmp_path / "locked"
     parent.mkdir()
     with _unwritable(parent):
         assert main(["attack", *SMALL, f"out={parent / 'run'}"]) == 2
-        line = _one_error_line(capsys)
+        line = one_error_line(capsys)
     assert f"out={parent / 'run'}: cannot write the run folder there" in line
     assert os.listdir(parent) == []
 
 
-def test_read_only_working_folder_with_the_default_out_fails_at_once(tmp_path, capsys, monkeypatch, no_attack):
+def test_read_only_working_folder_with_the_default_out_fails_at_once(tmp_path, capsys, monkeypatch, no_attack, one_error_line):
     monkeypatch.chdir(tmp_path)
     with _unwritable(tmp_path):
         assert main(["attack", *SMALL]) == 2
-        line = _one_error_line(capsys)
+        line = one_error_line(capsys)
     assert "out=runs/idlg-" in line and "cannot create the folder" in line
     assert os.listdir(tmp_path) == []
 
 
-def test_immutable_run_folder_is_refused_before_replacing(tmp_path, capsys, finished, no_attack):
+def test_immutable_run_folder_is_refused_before_replacing(tmp_path, capsys, finished, no_attack, one_error_line):
     if os.geteuid() != 0:
         pytest.skip("a folder of mode 0o555 can still be renamed; only root can make it immutable")
     out = tmp_path / "run"
     runner.write_run_folder(out, _copy(finished))
     with _unwritable(out):
         code = main(["attack", *SMALL, f"out={out}", "overwrite=true"])
-        line = _one_error_line(capsys)
+        line = one_error_line(capsys)
     assert code == 2 and "cannot write the run folder there" in line
     assert set(os.listdir(out)) == WRITTEN and _siblings(tmp_path) == []
 
 
-def test_failed_run_leaves_no_folder_no_sibling_and_no_created_parent(tmp_path, capsys):
+def test_failed_run_leaves_no_folder_no_sibling_and_no_created_parent(tmp_path, capsys, one_error_line):
     out = tmp_path / "new" / "deeper" / "run"
     assert main(["attack", *SMALL, "dataset.indices=[999]", f"out={out}"]) == 2
-    assert "999" in _one_error_line(capsys)
+    assert "999" in one_error_line(capsys)
     assert os.listdir(tmp_path) == []
 
 
@@ -236,7 +228,7 @@ def test_stale_siblings_are_removed_or_put_back(tmp_path, finished):
     assert set(os.listdir(out)) == WRITTEN
 
 
-def test_a_run_moved_aside_by_a_killed_overwrite_is_put_back(tmp_path, capsys, finished, no_attack):
+def test_a_run_moved_aside_by_a_killed_overwrite_is_put_back(tmp_path, capsys, finished, no_attack, one_error_line):
     out = tmp_path / "run"
     runner.write_run_folder(out, _copy(finished))
     aside = tmp_path / f".run.old-{_dead_pid()}"
@@ -244,7 +236,7 @@ def test_a_run_moved_aside_by_a_killed_overwrite_is_put_back(tmp_path, capsys, f
 
     assert main(["attack", *SMALL, f"out={out}"]) == 2
 
-    assert "exists and is not empty" in _one_error_line(capsys)
+    assert "exists and is not empty" in one_error_line(capsys)
     assert set(os.listdir(out)) == WRITTEN and not aside.exists()
 
 
@@ -348,35 +340,35 @@ def test_run_files_cover_every_file_a_run_writes():
 
 
 # -- sizes are bounded before the batch is allocated --------------------------------------------------------
-def test_a_batch_too_large_for_memory_is_refused_with_the_numbers(tmp_path, capsys, monkeypatch):
+def test_a_batch_too_large_for_memory_is_refused_with_the_numbers(tmp_path, capsys, monkeypatch, one_error_line):
     monkeypatch.setattr(memory, "available_memory", lambda: 10 * 2**20)
     monkeypatch.setattr(runner, "load_batch", lambda *a, **k: pytest.fail("the batch was allocated"))
     out = tmp_path / "run"
 
     assert main(["attack", *SMALL, "image_size=512", f"out={out}"]) == 2
 
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     # 1 × 3 × 512 × 512 float32 × 8 copies = 24 MiB
     assert "needs at least 24.0 MiB of memory (batch 1×3×512×512 float32 × 8 copies)" in line
     assert "10.0 MiB available" in line
     assert os.listdir(tmp_path) == []
 
 
-def test_a_label_space_too_large_for_memory_is_refused_before_the_victim_is_built(tmp_path, capsys, monkeypatch):
+def test_a_label_space_too_large_for_memory_is_refused_before_the_victim_is_built(tmp_path, capsys, monkeypatch, one_error_line):
     monkeypatch.setattr(memory, "available_memory", lambda: 10 * 2**20)
     monkeypatch.setattr(runner, "build_model", lambda *a, **k: pytest.fail("the victim was allocated"))
     parameters = memory.parameter_count("lenet-dlg", in_channels=3, num_classes=100000, image_size=8)
 
     assert main(["attack", *SMALL, "num_classes=100000", f"out={tmp_path / 'run'}"]) == 2
 
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert f"+ {parameters:,} victim parameters × 4 copies" in line
     assert parameters > 100000 * 48  # the head alone: 48 features per class at 8 px
 
 
-def test_huge_image_size_fails_at_once(tmp_path, capsys):
+def test_huge_image_size_fails_at_once(tmp_path, capsys, one_error_line):
     assert main(["attack", *SMALL, "image_size=100000", f"out={tmp_path / 'run'}"]) == 2
-    assert "image_size" in _one_error_line(capsys)
+    assert "image_size" in one_error_line(capsys)
 
 
 def test_memory_helpers():

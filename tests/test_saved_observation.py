@@ -39,14 +39,6 @@ def saved_without_labels(tmp_path_factory) -> Path:
     return out
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    return err
-
-
 def _read(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = folder / "observation.safetensors"
     with safe_open(str(path), framework="pt") as handle:
@@ -101,26 +93,26 @@ def _first(prefix: str):
         (_set("local_training", {"epochs": 0, "batch_size": 8, "lr": 0.1}), "metadata field local_training.epochs"),
     ],
 )
-def test_bad_metadata_is_one_line_naming_the_file_and_field(saved, tmp_path, capsys, change, needle):
+def test_bad_metadata_is_one_line_naming_the_file_and_field(saved, tmp_path, capsys, change, needle, one_error_line):
     path = _altered(saved, tmp_path / "obs", meta=change)
     assert main(["attack", f"observation={path}", *ATTACK, f"out={tmp_path / 'r'}"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert str(path) in line and needle in line
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(("raw", "needle"), [("{not json", "metadata field (top level): invalid json"),
                                              ("", "no fedinvert metadata"), ("[1, 2]", "input should be an object")])
-def test_metadata_that_is_not_an_object(saved, tmp_path, capsys, raw, needle):
+def test_metadata_that_is_not_an_object(saved, tmp_path, capsys, raw, needle, one_error_line):
     path = _altered(saved, tmp_path / "obs", raw_meta=raw)
     assert main(["attack", f"observation={path}", *ATTACK, f"out={tmp_path / 'r'}"]) == 2
-    assert needle in _one_error_line(capsys)
+    assert needle in one_error_line(capsys)
 
 
 # -- the tensors ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("prefix", ["model.", "update."])
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_non_finite_weights_or_update_are_refused(saved, tmp_path, capsys, prefix, bad):
+def test_non_finite_weights_or_update_are_refused(saved, tmp_path, capsys, prefix, bad, one_error_line):
     stored, _ = _read(saved)
     name = _first(prefix)(stored)
 
@@ -130,24 +122,24 @@ def test_non_finite_weights_or_update_are_refused(saved, tmp_path, capsys, prefi
 
     path = _altered(saved, tmp_path / "obs", tensors=poison)
     assert main(["attack", f"observation={path}", *ATTACK, f"out={tmp_path / 'r'}"]) == 2
-    assert f"{path}: tensor '{name}' holds NaN or inf" in _one_error_line(capsys)
+    assert f"{path}: tensor '{name}' holds NaN or inf" in one_error_line(capsys)
 
 
-def test_weights_of_another_shape_and_stray_tensors_are_refused(saved, tmp_path, capsys):
+def test_weights_of_another_shape_and_stray_tensors_are_refused(saved, tmp_path, capsys, one_error_line):
     stored, _ = _read(saved)
     name = _first("model.")(stored)
     path = _altered(saved, tmp_path / "a", tensors=lambda t: t.update({name: torch.zeros(3)}))
     assert main(["attack", f"observation={path}", *ATTACK, f"out={tmp_path / 'r'}"]) == 2
-    assert "model weights do not match 'lenet5'" in _one_error_line(capsys)
+    assert "model weights do not match 'lenet5'" in one_error_line(capsys)
     path = _altered(saved, tmp_path / "b", tensors=lambda t: t.update({"private": torch.zeros(1, 3, 8, 8)}))
     assert main(["attack", f"observation={path}", *ATTACK, f"out={tmp_path / 'r'}"]) == 2
-    assert "unexpected tensor 'private'" in _one_error_line(capsys)
+    assert "unexpected tensor 'private'" in one_error_line(capsys)
 
 
-def test_labels_outside_the_label_space_are_refused(saved, tmp_path, capsys):
+def test_labels_outside_the_label_space_are_refused(saved, tmp_path, capsys, one_error_line):
     path = _altered(saved, tmp_path / "obs", tensors=lambda t: t.update({"labels": torch.tensor([10])}))
     assert main(["attack", f"observation={path}", *ATTACK, "threat.labels=known", f"out={tmp_path / 'r'}"]) == 2
-    assert f"{path}: labels must lie in [0, 10)" in _one_error_line(capsys)
+    assert f"{path}: labels must lie in [0, 10)" in one_error_line(capsys)
 
 
 # -- the private batch beside it (evaluation only) -----------------------------------------------------------
@@ -171,10 +163,10 @@ def _with_private(saved: Path, folder: Path, content: bytes | dict) -> Path:
         ({"reconstruction": torch.rand(1, 3, 8, 8)}, "holds no 'private' images"),
     ],
 )
-def test_a_bad_private_batch_beside_it_is_one_line(saved, tmp_path, capsys, content, needle):
+def test_a_bad_private_batch_beside_it_is_one_line(saved, tmp_path, capsys, content, needle, one_error_line):
     path = _with_private(saved, tmp_path / "obs", content)
     assert main(["attack", f"observation={path}", *ATTACK, f"out={tmp_path / 'r'}"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert str(tmp_path / "obs" / "tensors.safetensors") in line and needle in line
 
 
@@ -200,11 +192,11 @@ def test_keys_a_saved_observation_fixes_are_named(saved):
     ]
 
 
-def test_client_side_keys_are_refused_in_one_line(saved, tmp_path, capsys):
+def test_client_side_keys_are_refused_in_one_line(saved, tmp_path, capsys, one_error_line):
     args = ["attack", f"observation={saved}", *ATTACK, "model=convnet", "threat.defenses=unknown",
             f"out={tmp_path / 'r'}"]
     assert main(args) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "model.name, threat.defenses: cannot apply to a saved observation" in line
     assert not (tmp_path / "r").exists()
 
@@ -219,10 +211,10 @@ def test_saved_labels_are_used_only_when_granted(saved):
     assert torch.equal(dropped.private_labels, stored["labels"])  # evaluation still scores the label guess
 
 
-def test_known_labels_need_saved_labels(saved_without_labels, tmp_path, capsys):
+def test_known_labels_need_saved_labels(saved_without_labels, tmp_path, capsys, one_error_line):
     args = ["attack", f"observation={saved_without_labels}", *ATTACK, "threat.labels=known", f"out={tmp_path / 'r'}"]
     assert main(args) == 2
-    assert "threat.labels=known, but" in _one_error_line(capsys)
+    assert "threat.labels=known, but" in one_error_line(capsys)
 
 
 def test_a_re_attack_records_the_labels_decision_and_keeps_the_victim(saved, tmp_path):
@@ -237,9 +229,9 @@ def test_a_re_attack_records_the_labels_decision_and_keeps_the_victim(saved, tmp
     assert runner.build_scenario(resolve_config([f"observation={out}", *ATTACK])).observation.model is not None
 
 
-def test_a_victim_too_large_for_memory_is_refused_before_it_is_built(saved, tmp_path, capsys, monkeypatch):
+def test_a_victim_too_large_for_memory_is_refused_before_it_is_built(saved, tmp_path, capsys, monkeypatch, one_error_line):
     monkeypatch.setattr(memory, "available_memory", lambda: 2**20)
     monkeypatch.setattr(runner, "build_model", lambda *a, **k: pytest.fail("the victim was allocated"))
     path = _altered(saved, tmp_path / "obs", meta=_set("num_classes", 100000))
     assert main(["attack", f"observation={path}", *ATTACK, f"out={tmp_path / 'r'}"]) == 2
-    assert "victim parameters × 4 copies), but this machine has 1.0 MiB available" in _one_error_line(capsys)
+    assert "victim parameters × 4 copies), but this machine has 1.0 MiB available" in one_error_line(capsys)

@@ -15,14 +15,6 @@ SMALL = ["model=lenet-dlg", "dataset=photos", "dataset.indices=[1]", "image_size
          "attack=idlg", "attack.iterations=5", "attack.compile=false", "device=cpu", "progress=false", "seed=0"]
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    return err
-
-
 def test_attack_writes_the_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["attack", *SMALL, f"out={out}"]) == 0
@@ -78,24 +70,24 @@ def test_rerun_from_config_and_reattack_an_observation(tmp_path, capsys):
         (["notakeyvalue"], "key=value"),
     ],
 )
-def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, needle):
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, needle, one_error_line):
     out = tmp_path / "run"
     assert main(["attack", *SMALL, f"out={out}", *args]) == 2
-    assert needle in _one_error_line(capsys)
+    assert needle in one_error_line(capsys)
     assert not out.exists()
     assert not list(tmp_path.iterdir())
 
 
-def test_existing_output_folder_is_refused_unless_overwrite(tmp_path, capsys):
+def test_existing_output_folder_is_refused_unless_overwrite(tmp_path, capsys, one_error_line):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert main(["attack", *SMALL, f"out={out}"]) == 2
-    assert "overwrite=true" in _one_error_line(capsys)
+    assert "overwrite=true" in one_error_line(capsys)
     assert (out / "keep.txt").read_text() == "mine"
     # overwrite=true replaces only a run folder: this one is the user's
     assert main(["attack", *SMALL, f"out={out}", "overwrite=true"]) == 2
-    assert "not a fedinvert run folder" in _one_error_line(capsys)
+    assert "not a fedinvert run folder" in one_error_line(capsys)
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()
     assert main(["attack", *SMALL, f"out={out}"]) == 0  # an empty folder is used
@@ -103,11 +95,11 @@ def test_existing_output_folder_is_refused_unless_overwrite(tmp_path, capsys):
     assert (out / "metrics.json").is_file()
 
 
-def test_corrupt_observation_file_is_refused(tmp_path, capsys):
+def test_corrupt_observation_file_is_refused(tmp_path, capsys, one_error_line):
     bad = tmp_path / "observation.safetensors"
     bad.write_bytes(b"\x00garbage" * 10)
     assert main(["attack", "attack=idlg", "device=cpu", f"observation={bad}", f"out={tmp_path / 'r'}"]) == 2
-    assert "not a fedinvert observation" in _one_error_line(capsys)
+    assert "not a fedinvert observation" in one_error_line(capsys)
 
 
 def test_list_prints_every_registry(capsys):

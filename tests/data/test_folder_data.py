@@ -126,14 +126,7 @@ def test_empty_folder_and_oversized_image(tmp_path: Path, monkeypatch: pytest.Mo
         build_dataset("folder", root=tmp_path, num_classes=2)
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    return err
-
-
-def test_attack_my_own_flat_folder_from_the_command_line(tmp_path: Path, capsys) -> None:
+def test_attack_my_own_flat_folder_from_the_command_line(tmp_path: Path, capsys, one_error_line) -> None:
     root = tmp_path / "mine"
     root.mkdir()
     rng = np.random.default_rng(0)
@@ -143,7 +136,7 @@ def test_attack_my_own_flat_folder_from_the_command_line(tmp_path: Path, capsys)
              "attack.iterations=3", "attack.compile=false", "device=cpu", "progress=false"]
 
     assert main(["attack", *small, f"out={tmp_path / 'refused'}"]) == 2
-    assert "set num_classes=" in _one_error_line(capsys)
+    assert "set num_classes=" in one_error_line(capsys)
     assert not (tmp_path / "refused").exists()
 
     out = tmp_path / "run"

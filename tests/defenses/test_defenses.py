@@ -304,22 +304,16 @@ def test_cli_runs_a_defence_list_and_records_it(tmp_path, fast_cfg, capsys):
                  f"out={again}"]) == 0
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
-
-
-def test_cli_unknown_defence_is_one_line(capsys, fast_cfg):
+def test_cli_unknown_defence_is_one_line(capsys, fast_cfg, one_error_line):
     assert main(["attack", *SMALL, "defense=[clipping,magic]", *fast_cfg]) == 2
-    assert "unknown defense 'magic'" in _one_error_line(capsys)
+    assert "unknown defense 'magic'" in one_error_line(capsys)
 
 
-def test_cli_dp_sgd_with_batch_norm_names_group_norm(capsys, fast_cfg):
+def test_cli_dp_sgd_with_batch_norm_names_group_norm(capsys, fast_cfg, one_error_line):
     pytest.importorskip("opacus")
     assert main(["attack", "model=convnet", "dataset=synthetic", "image_size=16", "defense=dp_sgd",
                  *fast_cfg]) == 2
-    assert "model.norm=group" in _one_error_line(capsys)
+    assert "model.norm=group" in one_error_line(capsys)
 
 
 def test_dp_sgd_reports_epsilon_in_run_json(tmp_path, fast_cfg):
