@@ -15,6 +15,14 @@ column and of the paired difference over the images.
     python benchmarks/bare_loop.py                    # 8 photos (indices 0-7), 1000 iterations: ~2 min here
     python benchmarks/bare_loop.py --full             # all 11 photos
     python benchmarks/bare_loop.py --ig signed=true schedule=step   # the paper's recipe at this budget
+    python benchmarks/bare_loop.py --model convnet --breaching      # + breaching 0.1.2 (see below)
+
+``--breaching`` adds breaching 0.1.2's ``invertinggradients`` attack (its own configuration, only
+``optim.max_iterations`` and ``restarts.num_trials = 1`` set) on the same victim, true gradient, label and randn
+start. breaching is not a fedinvert dependency: run this script with a scratch environment that has both
+(``python -m venv V && V/bin/pip install torch==2.13.0 && V/bin/pip install breaching==0.1.2 torch==2.13.0
+torchvision==0.28.0 scikit-image`` and fedinvert with ``--no-deps`` plus its requirements). Its torchvision
+import fails beside the CPU torch for want of three operator schemas; they are defined (never called) first.
 """
 
 from __future__ import annotations
@@ -78,6 +86,40 @@ def photo_victim(index: int, *, image_size: int = 32, model: str = "lenet-dlg", 
     return obs, batch.images, batch.labels, victim
 
 
+def breaching_ig(model: torch.nn.Module, target: Sequence[torch.Tensor], label: torch.Tensor, x0: torch.Tensor, *,
+                 iterations: int) -> torch.Tensor:
+    """breaching 0.1.2's Inverting Gradients (its configuration; only the iteration count and one trial set) from
+    the start ``x0`` on a victim that sees [0, 1] images: (1, C, H, W) in [0, 1]."""
+    import logging
+
+    library = torch.library.Library("torchvision", "FRAGMENT")  # schemas its torchvision import registers on
+    for schema in ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+                   "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+                   "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+                   "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor"):
+        with contextlib.suppress(RuntimeError):  # already defined
+            library.define(schema)
+    import breaching  # type: ignore[import-not-found]
+    from omegaconf import OmegaConf
+
+    logging.getLogger("breaching").setLevel(logging.WARNING)
+    with contextlib.redirect_stdout(None):
+        cfg = breaching.get_config(overrides=["attack=invertinggradients"])
+    cfg.attack.optim.max_iterations = iterations
+    cfg.attack.restarts.num_trials = 1
+    setup = {"dtype": torch.float, "device": torch.device("cpu")}
+    attacker = breaching.attacks.prepare_attack(model, torch.nn.CrossEntropyLoss(), cfg.attack, setup)
+    channels = x0.shape[1]
+    metadata = OmegaConf.create({"shape": list(x0.shape[1:]), "mean": [0.0] * channels, "std": [1.0] * channels,
+                                 "modality": "vision", "classes": 10})
+    payload = {"parameters": [p.detach() for p in model.parameters()],
+               "buffers": [b.detach() for b in model.buffers()], "metadata": metadata}
+    shared = {"gradients": [t.detach() for t in target], "buffers": None,
+              "metadata": {"num_data_points": 1, "labels": label.clone(), "local_hyperparams": None}}
+    data, _ = attacker.reconstruct([payload], [shared], {}, initial_data=x0.clone(), dryrun=False)
+    return data["data"].detach().clamp(0, 1)
+
+
 def start(shape: Sequence[int], seed: int) -> torch.Tensor:
     """The randn start both attackers use: what `InvertingGradients` draws from ``Generator().manual_seed(seed)``
     with one restart (its start is randn in the victim's normalised space)."""
@@ -106,9 +148,10 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def one_image(index: int, *, iterations: int, seed: int, ig: dict[str, Any], victim_seed: int = 0) -> dict[str, Any]:
-    """The loop, fedinvert and the references on photo ``index``: one result row."""
-    obs, private, label, victim = photo_victim(index, seed=victim_seed)
+def one_image(index: int, *, iterations: int, seed: int, ig: dict[str, Any], victim_seed: int = 0,
+              model: str = "lenet-dlg", with_breaching: bool = False) -> dict[str, Any]:
+    """The loop, fedinvert (and breaching) and the references on photo ``index``: one result row."""
+    obs, private, label, victim = photo_victim(index, seed=victim_seed, model=model)
     victim.eval()
     x0 = start(obs.image_shape, seed)
     t0 = time.perf_counter()
@@ -131,6 +174,12 @@ def one_image(index: int, *, iterations: int, seed: int, ig: dict[str, Any], vic
     }
     row["difference"] = row["ours_psnr"] - row["loop_psnr"]
     row["ours_leakage_db"] = row["ours_psnr"] - row["reference_psnr"]
+    if with_breaching:
+        t3 = time.perf_counter()
+        theirs = breaching_ig(victim, obs.update_list(), label, x0, iterations=iterations)
+        row["breaching_seconds"] = time.perf_counter() - t3
+        row["breaching_psnr"] = float(psnr_per_image(private, theirs)[0])
+        row["ours_minus_breaching"] = row["ours_psnr"] - row["breaching_psnr"]
     return row
 
 
@@ -138,13 +187,17 @@ COLUMNS = (("loop_psnr", "loop"), ("ours_psnr", "ours"), ("difference", "ours−
            ("mean_colour_psnr", "own mean"), ("reference_psnr", "no-leak ref"), ("ours_leakage_db", "ours leak"))
 
 
+BREACHING_COLUMNS = (("breaching_psnr", "breaching"), ("ours_minus_breaching", "ours−brch"))
+
+
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
-    print(f"{'image':<22}" + "".join(f"{title:>12}" for _, title in COLUMNS) + f"{'loop s':>8}{'ours s':>8}")
+    columns = COLUMNS + (BREACHING_COLUMNS if "breaching_psnr" in rows[0] else ())
+    print(f"{'image':<22}" + "".join(f"{title:>12}" for _, title in columns) + f"{'loop s':>8}{'ours s':>8}")
     for r in rows:
-        print(f"{r['image']:<22}" + "".join(f"{r[key]:12.2f}" for key, _ in COLUMNS)
+        print(f"{r['image']:<22}" + "".join(f"{r[key]:12.2f}" for key, _ in columns)
               + f"{r['loop_seconds']:8.1f}{r['ours_seconds']:8.1f}")
     cells = []
-    for key, _ in COLUMNS:
+    for key, _ in columns:
         interval = t_interval([r[key] for r in rows])
         cells.append(f"{interval.mean:6.2f}±{interval.half:.2f}")
     print(f"{'mean ± 95 % CI':<22}" + "".join(f"{c:>12}" for c in cells))
@@ -159,6 +212,9 @@ def main() -> None:
                         help="keyword overrides for inverting_gradients (default: its defaults)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shared randn start")
     parser.add_argument("--victim-seed", type=int, default=0, help="seed of the victim's weights")
+    parser.add_argument("--model", default="lenet-dlg", help="victim registry name (default lenet-dlg)")
+    parser.add_argument("--breaching", action="store_true",
+                        help="also run breaching 0.1.2's Inverting Gradients (needs breaching installed)")
     args, size = parse_sized(parser)
     iterations = args.iterations or (20 if size == "smoke" else 1000)
     if args.images:
@@ -168,12 +224,14 @@ def main() -> None:
     ig = parse_overrides(args.ig)
     rows = []
     for index in images:
-        rows.append(one_image(index, iterations=iterations, seed=args.seed, ig=ig, victim_seed=args.victim_seed))
+        rows.append(one_image(index, iterations=iterations, seed=args.seed, ig=ig, victim_seed=args.victim_seed,
+                              model=args.model, with_breaching=args.breaching))
         r = rows[-1]
-        print(f"{r['image']:<22} loop {r['loop_psnr']:6.2f}  ours {r['ours_psnr']:6.2f}"
+        theirs = f"  breaching {r['breaching_psnr']:6.2f}" if args.breaching else ""
+        print(f"{r['image']:<22} loop {r['loop_psnr']:6.2f}  ours {r['ours_psnr']:6.2f}{theirs}"
               f"  ({r['loop_seconds']:.0f} s, {r['ours_seconds']:.0f} s)", flush=True)
     settings = ", ".join(f"{k}={v}" for k, v in ig.items()) or "its defaults"
-    print(f"\nDLG LeNet, 32 px photo crops, B = 1, label known, identity normalisation, {iterations} iterations,"
+    print(f"\n{args.model}, 32 px photo crops, B = 1, label known, identity normalisation, {iterations} iterations,"
           f" one restart, victim seed {args.victim_seed}, the same randn start (seed {args.seed}); fedinvert inverting_gradients with {settings}."
           " PSNR in dB:")
     print_table(rows)

@@ -7,7 +7,12 @@ import torch
 from torch import Tensor, nn
 
 from fedinvert.attacks.base import ATTACKS
-from fedinvert.attacks.gradinversion import BatchNormPrior, GradInversion, batch_norm_layers
+from fedinvert.attacks.gradinversion import (
+    BatchNormPrior,
+    GradInversion,
+    batch_norm_layers,
+    trained_statistics,
+)
 from fedinvert.attacks.inverting_gradients import PixelAttack
 from fedinvert.attacks.objectives import GradientMatcher
 from fedinvert.data import load_batch, public_images
@@ -89,6 +94,24 @@ def test_bn_prior_weighs_the_first_layer() -> None:
     norm = model.layer1.norm
     layer1 = (mean - norm.running_mean).norm() + (var - norm.running_var).norm()
     torch.testing.assert_close(first - plain, 9 * layer1, rtol=1e-4, atol=1e-5)
+
+
+def test_bn_prior_applies_only_to_trained_statistics() -> None:
+    # Prepare: the same photos observed through a fresh ConvNet (running mean 0, variance 1) and through one
+    # whose statistics come from other photos
+    batch = load_batch("photos", batch_size=2, indices=[1, 2], image_size=SIZE)
+    fresh = build_model("convnet", in_channels=3, num_classes=10, image_size=SIZE, seed=0).eval()
+    trained = convnet_with_photo_statistics()
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    terms = {}
+    for name, model in (("fresh", fresh), ("trained", trained)):
+        obs = observe(model, batch.images, batch.labels)
+        # Execute
+        terms[name] = [float(GradInversion(bn=bn, device="cpu").regularizer(obs)(x)) for bn in (0.1, 0.0)]
+    # Assert: the prior adds nothing on the fresh victim and a positive term on the trained one
+    assert not trained_statistics(fresh) and trained_statistics(trained)
+    assert terms["fresh"][0] == terms["fresh"][1]
+    assert terms["trained"][0] > terms["trained"][1] + 1e-3, terms["trained"]
 
 
 def test_bn_on_a_model_without_batch_norm_is_a_config_error() -> None:

@@ -9,6 +9,7 @@ for the group term (0.01, built from step 500 and rebuilt every 100 steps).
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,6 +21,8 @@ from fedinvert.attacks.objectives import GradientMatcher, _affine_batch_norm_
 from fedinvert.errors import ConfigError
 from fedinvert.observation import Observation
 
+log = logging.getLogger(__name__)
+
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -30,6 +33,19 @@ def batch_norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         for name, m in model.named_modules()
         if isinstance(m, _BATCH_NORMS) and m.track_running_stats and m.running_mean is not None
     ]
+
+
+def trained_statistics(model: nn.Module) -> bool:
+    """Whether any BatchNorm layer of ``model`` has running statistics from data (``num_batches_tracked > 0``).
+
+    A freshly initialised layer holds mean 0 and variance 1, which say nothing about the data; pulling the
+    features towards them is a prior against the images (measured: GradInversion on an untrained ConvNet,
+    photos 32 px, 300 steps, 5.9 dB with the prior against 13.7 dB without it; no-leak reference 11.5 dB).
+    """
+    return any(
+        m.num_batches_tracked is not None and int(m.num_batches_tracked) > 0  # type: ignore[operator, arg-type]
+        for _, m in batch_norm_layers(model)
+    )
 
 
 class BatchNormPrior:
@@ -133,7 +149,8 @@ class GradInversion(PixelAttack):
         schedule: learning-rate schedule (``cosine`` decay, as breaching; ``step``, ``ramp``, ``constant``).
         distance: gradient distance (``l2``; also ``cosine``, ``layer_cosine``, ``masked_cosine``).
         bn: weight of the BatchNorm-statistics prior (0.1; 0 switches it off, needed for models without
-            BatchNorm running statistics).
+            BatchNorm running statistics). It applies only when the victim's running statistics were trained
+            (`trained_statistics`); on a freshly initialised victim it is off, with a log line.
         bn_first: weight of the first BatchNorm layer within the prior (10, as DeepInversion and breaching).
         tv: total-variation weight (1e-4), on the victim's input tensor.
         image_norm: weight of ``‖x‖₂ / (H·W)`` (1e-6).
@@ -196,7 +213,11 @@ class GradInversion(PixelAttack):
     def regularizer(self, obs: Observation) -> Callable[[Tensor, tuple[Tensor, ...]], Tensor]:
         """TV and image norm (as `PixelAttack`), plus the BN prior and the group term on (x_r, x̄)."""
         image_terms = super().regularizer(obs)
-        bn_prior = BatchNormPrior(obs.model, first_scale=self.bn_first, device=self.device) if self.bn else None
+        bn_prior = None
+        if self.bn and batch_norm_layers(obs.model) and not trained_statistics(obs.model):
+            log.info("GradInversion: the victim's BatchNorm statistics are untrained; the BN prior is off")
+        elif self.bn:
+            bn_prior = BatchNormPrior(obs.model, first_scale=self.bn_first, device=self.device)
 
         def reg(inputs: Tensor, variables: tuple[Tensor, ...] = ()) -> Tensor:
             total = image_terms(inputs, variables)
