@@ -22,10 +22,13 @@ and seconds. The *knee* is the smallest budget whose mean leakage reaches ≥ 80
 budget measured (the gain over what an attacker has without the update); when the largest budget leaks nothing
 measurable, the knee is taken on the PSNR gain over the smallest budget instead, and says so.
 
-    python benchmarks/convergence.py --threads 1        # the budgets one core runs in ~20 min; lists the rest
+    python benchmarks/convergence.py --threads 1        # the budgets one core runs in ~30 min; lists the rest
     python benchmarks/convergence.py --full             # every point up to the papers' budgets (hours here)
     python benchmarks/convergence.py --cells ig --budgets 100,1000
     python benchmarks/convergence.py --smoke            # every path, two batches, tiny budgets
+    python benchmarks/convergence.py --cells demo-gifd,demo-ig --restarts 2 \
+        --csv benchmarks/results/convergence_demo.csv --plot benchmarks/results/convergence_demo.png
+                                                        # the scenario and budget of `make demo`: ~15 min
 
 Points left out at a size are printed with their estimated cost: the cell's measured milliseconds per gradient
 evaluation × evaluations × batches.
@@ -66,16 +69,25 @@ COMMON = ("batch_size=1", "image_size=32", "progress=false", "attack.compile=fal
 FACE = ("prior=face-dcgan", "model=convnet", "model.width=0.5", "dataset=lfw")
 CELLS: dict[str, Cell] = {
     "ig": Cell("ig", ("attack=inverting_gradients", "model=lenet-dlg", "dataset=photos"), "iterations", "photos",
-               (100, 300, 1000, 3000, 10000, 24000), (100, 300, 1000, 3000), 1, "iterations"),
+               (100, 300, 1000, 3000, 10000, 24000), (100, 300, 1000, 3000, 10000), 1, "iterations"),
     "gradinversion": Cell("gradinversion", ("attack=gradinversion", "model=convnet", "model.width=0.5",
                                             "dataset=photos"), "iterations", "photos",
-                          (100, 300, 1000, 3000, 10000, 20000), (100, 300, 1000), 1, "iterations"),
+                          (100, 300, 1000, 3000, 10000, 20000), (100, 300, 1000, 3000), 1, "iterations"),
     "gifd": Cell("gifd", ("attack=gifd", *FACE), "steps_per_stage", "lfw", (10, 30, 100, 300, 1000),
-                 (10, 30, 100), 5, "steps per stage (× 5 stages)"),
-    "ggl": Cell("ggl", ("attack=ggl", *FACE), "iterations", "lfw", (10, 30, 100, 300, 800), (10, 30), 50,
+                 (10, 30, 100, 300), 5, "steps per stage (× 5 stages)"),
+    "ggl": Cell("ggl", ("attack=ggl", *FACE), "iterations", "lfw", (10, 30, 100, 300, 800), (10, 30, 100), 50,
                 "CMA-ES generations (× 50 candidates)"),
+    # the scenario of `make demo` (preset gifd-face: one LFW face, 64 px, half-width ConvNet; run these two with
+    # --restarts 2, the demo's): does the demo's budget leak, for GIFD and for IG at equal evaluations?
+    "demo-gifd": Cell("demo-gifd", ("preset=gifd-face", "attack=gifd", "image_size=64"), "steps_per_stage", "lfw",
+                      (30, 100, 300, 1000), (30, 100), 5, "steps per stage (× 5 stages)"),
+    "demo-ig": Cell("demo-ig", ("preset=gifd-face", "attack=inverting_gradients", "image_size=64"), "iterations",
+                    "lfw", (150, 500, 1500, 5000), (150, 500), 1, "iterations"),
 }
-SMOKE_BUDGETS = {"ig": (2, 4), "gradinversion": (2, 4), "gifd": (1, 2), "ggl": (1, 2)}
+SMOKE_BUDGETS = {"ig": (2, 4), "gradinversion": (2, 4), "gifd": (1, 2), "ggl": (1, 2), "demo-gifd": (1, 2),
+                 "demo-ig": (2, 4)}
+#: the cells a plain run measures (the demo's two are asked for by name)
+DEFAULT_CELLS = ("ig", "gradinversion", "gifd", "ggl")
 
 
 def knee(points: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -151,7 +163,8 @@ def main() -> None:
     parser = sized_parser(__doc__, csv="benchmarks/results/convergence.csv",
                           full_help="every budget up to each paper's (hours on this machine)",
                           smoke_help="two batches, tiny budgets, every cell (numbers meaningless)")
-    parser.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated: {', '.join(CELLS)}")
+    parser.add_argument("--cells", default=",".join(DEFAULT_CELLS),
+                        help=f"comma-separated: {', '.join(CELLS)} (default: {', '.join(DEFAULT_CELLS)})")
     parser.add_argument("--batches", type=int, default=8, help="private batches per point (default 8)")
     parser.add_argument("--budgets", default=None, help="comma-separated budgets for every chosen cell")
     parser.add_argument("--restarts", type=int, default=1, help="attack.restarts for every cell (default 1)")
@@ -176,7 +189,7 @@ def main() -> None:
                 else cell.default_budgets
         layout = batch_indices(cell.dataset, n_batches=n_batches, per_batch=1, seed=args.seed)
         for budget in budgets:
-            overrides = [*cell.overrides, *COMMON, f"attack.{cell.budget_key}={budget}",
+            overrides = [*COMMON, *cell.overrides, f"attack.{cell.budget_key}={budget}",
                          f"attack.restarts={args.restarts}"]
             per_batch = run_cell(overrides, layout, seed=args.seed)
             summary = summarize(per_batch)

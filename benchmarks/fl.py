@@ -14,10 +14,11 @@ top-1; then paired differences on the same batches: every defended cell − the 
 off, strong − none and strong − weak simulation, GIFD − IG. Under secure aggregation a batch is the
 attacked client's images followed by the other clients' (drawn from faces in no batch while they last).
 
-    python benchmarks/fl.py            # B = 4, 32 px; IG: FedAvg (E, b) = (2, 4) strong and none; no defence,
+    python benchmarks/fl.py            # B = 2, 32 px; IG: FedAvg (E, b) = (2, 1) strong and none; no defence,
                                        # Gaussian noise, pruning, Soteria, secure aggregation (2 clients),
                                        # DP-SGD at their middle strength (adaptive where replayable);
-                                       # GIFD without defence: ~20 min on 1 core
+                                       # GIFD without defence: ~20 min on 1 core (IG 1000 steps,
+                                       # GIFD 100 a stage: the knees of convergence.py)
     python benchmarks/fl.py --full     # B = 8: E ∈ {1, 2, 5} × b ∈ {1, 4, 8} × 3 simulations, every defence at
                                        # 3 strengths, adaptive off and on, IG and GIFD at the attacks' own
                                        # defaults (GPU-sized)
@@ -59,9 +60,10 @@ REPLAYABLE = {"clipping", "pruning", "quantization", "soteria", "secure_aggregat
 #: the defences of the default size (at their middle strength); the others fit only --full's time
 DEFAULT_DEFENCES = ("gaussian_noise", "pruning", "soteria", "secure_aggregation", "dp_sgd")
 
-#: attack budgets of the default size (overrides); move them to each attack's knee from benchmarks/convergence.py
-IG_DEFAULT = ["attack.iterations=480", "attack.restarts=1"]
-GIFD_DEFAULT = ["attack.steps_per_stage=40", "attack.restarts=1"]
+#: attack budgets of the default size (overrides): each attack's knee in benchmarks/results/convergence.csv
+#: (the smallest budget with >= 80 % of the leakage at the largest budget measured there)
+IG_DEFAULT = ["attack.iterations=1000", "attack.restarts=1"]
+GIFD_DEFAULT = ["attack.steps_per_stage=100", "attack.restarts=1"]
 
 
 @dataclass
@@ -93,12 +95,13 @@ SIZES = {
         left_out=["everything but one cell per kind of run: numbers are meaningless"],
     ),
     "default": Size(
-        name="default", images=4, image_size=32, batches=8, ig=IG_DEFAULT, gifd=GIFD_DEFAULT,
-        ig_fedavg=[(2, 4, "strong"), (2, 4, "none")], gifd_fedavg=[],
+        name="default", images=2, image_size=32, batches=8, ig=IG_DEFAULT, gifd=GIFD_DEFAULT,
+        ig_fedavg=[(2, 1, "strong"), (2, 1, "none")], gifd_fedavg=[],
         ig_defences=[(d, 1) for d in DEFAULT_DEFENCES], gifd_defences=[],
         adaptive=(True,), secagg_clients=2,
         left_out=[
-            "B = 8 (here 4); FedAvg (E, b) other than (2, 4) and the weak simulation",
+            "B = 8 (here 2: at 4, IG's 1000 steps leave PSNR below the no-leak reference); FedAvg (E, b) other"
+            " than (2, 1) and the weak simulation",
             f"the defences {', '.join(d for d in DEFENCES if d not in DEFAULT_DEFENCES)}; the weakest and"
             " strongest setting of each defence",
             "the non-adaptive attacker on replayable defences (adaptive on is the stronger one)",
