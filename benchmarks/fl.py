@@ -100,7 +100,7 @@ SIZES = {
         ig_defences=[(d, 1) for d in DEFAULT_DEFENCES], gifd_defences=[],
         adaptive=(True,), secagg_clients=2,
         left_out=[
-            "B = 8 (here 2: at 4, IG's 1000 steps leave PSNR below the no-leak reference); FedAvg (E, b) other"
+            "B = 8 (here 2); FedAvg (E, b) other"
             " than (2, 1) and the weak simulation",
             f"the defences {', '.join(d for d in DEFENCES if d not in DEFAULT_DEFENCES)}; the weakest and"
             " strongest setting of each defence",
