@@ -28,7 +28,7 @@ measurable, the knee is taken on the PSNR gain over the smallest budget instead,
     python benchmarks/convergence.py --smoke            # every path, two batches, tiny budgets
     python benchmarks/convergence.py --cells demo-gifd,demo-ig --restarts 2 \
         --csv benchmarks/results/convergence_demo.csv --plot benchmarks/results/convergence_demo.png
-                                                        # the scenario and budget of `make demo`: ~15 min
+                                                        # the scenario and budget of `make demo`: ~5 min
 
 Points left out at a size are printed with their estimated cost: the cell's measured milliseconds per gradient
 evaluation × evaluations × batches.
@@ -77,12 +77,14 @@ CELLS: dict[str, Cell] = {
                  (10, 30, 100, 300), 5, "steps per stage (× 5 stages)"),
     "ggl": Cell("ggl", ("attack=ggl", *FACE), "iterations", "lfw", (10, 30, 100, 300, 800), (10, 30, 100), 50,
                 "CMA-ES generations (× 50 candidates)"),
-    # the scenario of `make demo` (preset gifd-face: one LFW face, 64 px, half-width ConvNet; run these two with
-    # --restarts 2, the demo's): does the demo's budget leak, for GIFD and for IG at equal evaluations?
-    "demo-gifd": Cell("demo-gifd", ("preset=gifd-face", "attack=gifd", "image_size=64"), "steps_per_stage", "lfw",
-                      (30, 100, 300, 1000), (30, 100), 5, "steps per stage (× 5 stages)"),
-    "demo-ig": Cell("demo-ig", ("preset=gifd-face", "attack=inverting_gradients", "image_size=64"), "iterations",
-                    "lfw", (150, 500, 1500, 5000), (150, 500), 1, "iterations"),
+    # the scenario of `make demo` (photos, 32 px, half-width ConvNet, face DCGAN; run these two with --restarts 2,
+    # the demo's): does the demo's budget (GIFD 60 a stage, IG 300 steps) leak, for GIFD and for IG?
+    "demo-gifd": Cell("demo-gifd", ("attack=gifd", "prior=face-dcgan", "model=convnet", "model.width=0.5",
+                                    "dataset=photos", "dataset.unique_labels=true"), "steps_per_stage", "photos",
+                      (20, 60, 200, 1000), (20, 60), 5, "steps per stage (× 5 stages)"),
+    "demo-ig": Cell("demo-ig", ("attack=inverting_gradients", "model=convnet", "model.width=0.5", "dataset=photos",
+                                "dataset.unique_labels=true"), "iterations", "photos",
+                    (100, 300, 1000, 5000), (100, 300), 1, "iterations"),
 }
 SMOKE_BUDGETS = {"ig": (2, 4), "gradinversion": (2, 4), "gifd": (1, 2), "ggl": (1, 2), "demo-gifd": (1, 2),
                  "demo-ig": (2, 4)}

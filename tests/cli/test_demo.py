@@ -1,4 +1,4 @@
-"""The demo: GIFD and Inverting Gradients on the same observation of one real face (the full run is `make demo`)."""
+"""The demo: GIFD and Inverting Gradients on the same observation of one real photo (the full run is `make demo`)."""
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ def test_demo_runs_gifd_and_ig_on_one_scenario(tmp_path):
     gifd, ig, folder = demo.demo_configs(["seed=3"], out=str(tmp_path / "d"))
     assert gifd["attack"]["name"] == "gifd" and gifd["prior"]["name"] == "face-dcgan"
     assert ig["attack"]["name"] == "inverting_gradients"
-    assert gifd["dataset"]["name"] == "lfw" and gifd["image_size"] == 64 and gifd["seed"] == ig["seed"] == 3
+    assert gifd["dataset"]["name"] == "photos" and gifd["image_size"] == 32 and gifd["seed"] == ig["seed"] == 3
     a, b = build_scenario(gifd), build_scenario(ig)
     assert torch.equal(a.private, b.private)
     assert a.observation.update.keys() == b.observation.update.keys()
