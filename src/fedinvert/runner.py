@@ -666,7 +666,7 @@ def _execute(cfg: dict[str, Any], *, argv: list[str] | None) -> RunResult:
         "scenario": scenario.info,
         "timings": {"scenario_seconds": scenario_seconds, "attack_seconds": wall, "compile_seconds": compile_seconds},
         "interrupted": rec.interrupted,
-        "attack_details": dict(rec.extras),  # plain data; run.json writes anything else with str()
+        "attack_details": extras_without_tensors(rec.extras),  # tensors go to tensors.safetensors
         "command": argv if argv is not None else sys.argv,
     }
     return RunResult(config=cfg, metrics=metrics, reconstruction=rec, scenario=scenario, run_info=run_info)
@@ -716,6 +716,30 @@ def write_run_folder(out: Path, result: RunResult, *, target: OutputTarget | Non
         log.warning("Ctrl-C came while the run folder was written; it was completed first: %s", target.out)
 
 
+def extras_tensors(extras: dict[str, Any], prefix: str = "extras") -> dict[str, torch.Tensor]:
+    """The tensors of an attack's ``extras`` (nested dicts too) keyed ``extras.<key>.<sub key>``, on the CPU."""
+    found: dict[str, torch.Tensor] = {}
+    for key, value in extras.items():
+        if isinstance(value, torch.Tensor):
+            found[f"{prefix}.{key}"] = value.detach().cpu().contiguous()
+        elif isinstance(value, dict):
+            found.update(extras_tensors(value, f"{prefix}.{key}"))
+    return found
+
+
+def extras_without_tensors(extras: dict[str, Any], prefix: str = "extras") -> dict[str, Any]:
+    """``extras`` for run.json: each tensor replaced by where `extras_tensors` saves it and its shape."""
+    plain: dict[str, Any] = {}
+    for key, value in extras.items():
+        if isinstance(value, torch.Tensor):
+            plain[key] = f"tensors.safetensors:{prefix}.{key} {tuple(value.shape)}"
+        elif isinstance(value, dict):
+            plain[key] = extras_without_tensors(value, f"{prefix}.{key}")
+        else:
+            plain[key] = value
+    return plain
+
+
 def _write_contents(folder: Path, result: RunResult) -> None:
     rec, scenario = result.reconstruction, result.scenario
     (folder / "config.yaml").write_text(yaml.safe_dump(result.config, sort_keys=False))
@@ -725,6 +749,7 @@ def _write_contents(folder: Path, result: RunResult) -> None:
     tensors = {"reconstruction": rec.images.contiguous()}
     if rec.labels is not None:
         tensors["reconstructed_labels"] = rec.labels.contiguous()
+    tensors.update(extras_tensors(rec.extras))
     if scenario.private is not None:
         tensors["private"] = scenario.private.contiguous()
         tensors["labels"] = scenario.private_labels.contiguous()  # type: ignore[union-attr]

@@ -1,7 +1,7 @@
 """Victim classifiers (DESIGN §2, §12 "Victims") and helpers that work on any classifier.
 
 Importing this package registers the built-in victims in ``MODELS``: ``lenet-dlg``, ``lenet5``, ``convnet``,
-``resnet18``, ``resnet18-imagenet`` and ``resnet34``. Any ``nn.Module`` that ends in an ``nn.Linear`` works
+``resnet18``, ``resnet18-imagenet``, ``resnet34`` and ``mlp``. Any ``nn.Module`` that ends in an ``nn.Linear`` works
 through the Python API without registration.
 """
 
@@ -9,6 +9,7 @@ from fedinvert.models.base import MODELS, build_model, last_linear, model_option
 from fedinvert.models.convnet import ConvNet
 from fedinvert.models.layers import MIN_IMAGE_SIZE
 from fedinvert.models.lenet import LeNet5, LeNetDLG
+from fedinvert.models.mlp import MLP
 from fedinvert.models.resnet import BasicBlock, ResNet
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ConvNet",
     "LeNet5",
     "LeNetDLG",
+    "MLP",
     "ResNet",
     "build_model",
     "last_linear",
