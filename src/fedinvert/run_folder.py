@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: Every file a run folder may hold; a folder with anything else is not replaced.
 RUN_FILES = frozenset({
     "config.yaml", "run.json", "metrics.json", "history.json", "tensors.safetensors", "observation.safetensors",
-    "reconstruction.png", "stages.png", "loss.png",
+    "reconstruction.png", "stages.png", "loss.png", "sent_model.safetensors",
 })
 
 

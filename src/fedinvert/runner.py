@@ -21,17 +21,17 @@ import torch
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 import fedinvert
 from fedinvert import determinism
 from fedinvert import metrics as metrics_mod
 from fedinvert.attacks import ATTACKS, Attack
-from fedinvert.attacks.base import resolve_device
+from fedinvert.attacks.base import ServerContext, resolve_device
 from fedinvert.config import resolve_keywords
 from fedinvert.config.schema import DEFAULTS as _CONFIG_DEFAULTS
 from fedinvert.config.validation import validate_config
-from fedinvert.data import check_normalization, load_batch, resolve_normalization
+from fedinvert.data import check_normalization, load_batch, public_images, resolve_normalization
 from fedinvert.data.base import DATASETS
 from fedinvert.defenses import build_defenses, client_count, federated_round
 from fedinvert.errors import CheckpointError, ConfigError, FedinvertError, ObservationError
@@ -68,6 +68,7 @@ class Scenario:
     private_labels: Tensor | None
     granted: frozenset[Capability] = frozenset()
     info: dict[str, Any] = field(default_factory=dict)
+    sent_model: dict[str, Tensor] | None = None  # the state dict a malicious server sent (sent_model.safetensors)
 
 
 @dataclass
@@ -103,8 +104,12 @@ def apply_label_map(label_map: Any, labels: torch.Tensor, classes: int) -> tuple
     return torch.tensor(label_map, dtype=labels.dtype)[labels], max(label_map) + 1
 
 
-def build_scenario(cfg: dict[str, Any]) -> Scenario:
+def build_scenario(cfg: dict[str, Any], *, attack: Attack | None = None) -> Scenario:
     """Data → victim → protocol → defences → Observation, following the config and threat model.
+
+    An ``attack`` that modifies the model (``Capability.MALICIOUS_MODEL``, allowed by ``threat.server=malicious``
+    only) replaces the victim by `Attack.modify_model` before the client computes its update; the scenario
+    records what was sent (``sent_model``, and its architecture in ``info["sent_model"]``).
 
     With ``secure_aggregation`` among the defences, ``batch_size`` is each client's B: K·B images with distinct
     indices are drawn, client k trains on the k-th B, and the private batch kept for evaluation (and the
@@ -173,6 +178,30 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
     parameters = parameter_count(model_name, **shape, seed=seed, **model_cfg)  # counted without allocating
     check_memory(images=total, channels=channels, height=height, width=width, parameters=parameters)
     model = build_model(model_name, in_channels=channels, num_classes=num_classes, image_size=height, seed=seed, **model_cfg)
+    threat = cfg["threat"]
+    data_info = {
+        "dataset": ds_name,
+        "split": batch.split,
+        "indices": batch.indices,
+        "image_size": int(height),
+        "channels": int(channels),
+        "root": None if ds_cfg.get("root") is None else str(ds_cfg["root"]),
+        "seed": seed,
+    }
+    sent_state: dict[str, Tensor] | None = None
+    sent_info: dict[str, Any] | None = None
+    if attack is not None and attack.modifies_model:
+        if threat["server"] != "malicious":
+            raise ConfigError(
+                f"attack {type(attack).__name__} changes the model the server sends; it needs threat.server=malicious"
+            )
+        context = ServerContext(
+            image_shape=(channels, height, width), num_classes=num_classes, normalization=normalization,
+            public=public_images(ds_name, **_pool_options(data_info), count=SERVER_PUBLIC_IMAGES),
+        )
+        model = attack.modify_model(model, context)
+        sent_state = {k: v.detach().clone().contiguous().cpu() for k, v in model.state_dict().items()}
+        sent_info = sent_model_info(model)
 
     proto_cfg = dict(cfg["protocol"])
     proto_name = proto_cfg.pop("name")
@@ -194,7 +223,6 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
         rng=generator(seed, "defense"),
     )
 
-    threat = cfg["threat"]
     local: LocalTraining | None = None
     if isinstance(client, FedAvgClient):
         local = {"known": client.local_training(), "guessed": GUESSED_LOCAL_TRAINING, "unknown": None}[
@@ -214,6 +242,8 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
         defenses=specs if threat["defenses"] == "known" else (),
     )
     granted = {Capability.PRIOR} if cfg.get("prior") else set()
+    if threat["server"] == "malicious":
+        granted.add(Capability.MALICIOUS_MODEL)
     info: dict[str, Any] = {
         "dataset": ds_name,
         "indices": batch.indices,
@@ -226,17 +256,28 @@ def build_scenario(cfg: dict[str, Any]) -> Scenario:
         **result.info,
         # what evaluation needs to draw the no-leak reference's public images and the re-identification
         # distractors; stored in observation.safetensors too, so a re-attack can score against them
-        "data": {
-            "dataset": ds_name,
-            "split": batch.split,
-            "indices": batch.indices,
-            "image_size": int(height),
-            "channels": int(channels),
-            "root": None if ds_cfg.get("root") is None else str(ds_cfg["root"]),
-            "seed": seed,
-        },
+        "data": data_info,
     }
-    return Scenario(observation=obs, private=images, private_labels=labels, granted=frozenset(granted), info=info)
+    if sent_info is not None:
+        info["sent_model"] = sent_info
+    return Scenario(observation=obs, private=images, private_labels=labels, granted=frozenset(granted), info=info,
+                    sent_model=sent_state)
+
+
+SERVER_PUBLIC_IMAGES = 10_000
+"""How many public images (the data set's other split) a malicious server may use to build its model: Robbing
+the Fed's 1000 bins need their quantiles from many more than 1000 images (benchmarks/imprint.py)."""
+
+
+def sent_model_info(model: nn.Module) -> dict[str, Any]:
+    """The architecture of a model a malicious server sent, for run.json: its class, module tree (``repr``)
+    and every state-dict entry's shape, as saved in ``sent_model.safetensors``."""
+    return {
+        "file": "sent_model.safetensors",
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "architecture": repr(model).splitlines(),
+        "state": {k: list(v.shape) for k, v in model.state_dict().items()},
+    }
 
 
 # -- observation files ---------------------------------------------------------------------------------
@@ -632,12 +673,12 @@ def _execute(cfg: dict[str, Any], *, argv: list[str] | None) -> RunResult:
     """Scenario, attack and evaluation of `run` (the config already checked); nothing is written here."""
     device = resolve_device(cfg.get("device", "auto"))
     t0 = time.perf_counter()
-    scenario = build_scenario(cfg)
+    attack, attack_kwargs = build_attack(cfg, device=device)  # first: a malicious one shapes the model sent
+    scenario = build_scenario(cfg, attack=attack)
     if "protocol" in scenario.info:  # record the resolved client and defences (the derived shuffle seed too)
         cfg["protocol"] = dict(scenario.info["protocol"])
         cfg["defense"] = {d["name"]: dict(d["params"]) for d in scenario.info["defenses"]}
         cfg["normalization"] = dict(scenario.info["normalization"])  # auto resolved: config.yaml re-runs alike
-    attack, attack_kwargs = build_attack(cfg, device=device)
     cfg["attack"] = {"name": cfg["attack"]["name"], **attack_kwargs}
     attack.check(scenario.observation, scenario.granted)
     scenario_seconds = time.perf_counter() - t0
@@ -754,6 +795,8 @@ def _write_contents(folder: Path, result: RunResult) -> None:
         tensors["private"] = scenario.private.contiguous()
         tensors["labels"] = scenario.private_labels.contiguous()  # type: ignore[union-attr]
     save_file(tensors, str(folder / "tensors.safetensors"))
+    if scenario.sent_model is not None:
+        save_file(scenario.sent_model, str(folder / "sent_model.safetensors"))
     save_observation(folder / "observation.safetensors", scenario, result.config)
     order = result.metrics.get("order")
     if scenario.private is not None and order is not None:

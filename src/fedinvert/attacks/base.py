@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fedinvert.errors import ConfigError, MissingCapabilityError
 from fedinvert.observation import Capability, Observation, Reconstruction
@@ -39,6 +39,23 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+@dataclass(frozen=True)
+class ServerContext:
+    """What a malicious server knows when it builds the model it sends (no private data).
+
+    Attributes:
+        image_shape: (C, H, W) of the client's inputs.
+        num_classes: size of the label space.
+        normalization: (mean, std) per channel the client applies to [0, 1] images.
+        public: (N, C, H, W) public images in [0, 1] of the task's data (the data set's other split), or None.
+    """
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    normalization: tuple[tuple[float, ...], tuple[float, ...]]
+    public: Tensor | None = None
+
+
 class Attack(abc.ABC):
     """Base class of every gradient inversion attack.
 
@@ -53,6 +70,20 @@ class Attack(abc.ABC):
             raise ConfigError(f"attack.log_every must be ≥ 1, got {log_every}")
         self.device = resolve_device(device)
         self.log_every = int(log_every)
+
+    @property
+    def modifies_model(self) -> bool:
+        """True when the attack changes the model the server sends (it requires MALICIOUS_MODEL)."""
+        return Capability.MALICIOUS_MODEL in self.requires
+
+    def modify_model(self, model: nn.Module, context: ServerContext) -> nn.Module:
+        """The model a malicious server sends instead of ``model`` (architecture and/or weights).
+
+        Called by the runner before the client computes its update, only for attacks that require
+        ``Capability.MALICIOUS_MODEL`` and only under ``threat.server=malicious``. The default sends the
+        model unchanged. The returned module must take the client's (B, C, H, W) inputs and return logits.
+        """
+        return model
 
     @abc.abstractmethod
     def reconstruct(

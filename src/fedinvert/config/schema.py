@@ -36,7 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "prior": None,
     "defense": {},
     "protocol": {"name": "fedsgd", "mode": "eval"},
-    "threat": {"labels": "inferred", "batch_size": "known", "local_hparams": "known", "defenses": "known"},
+    "threat": {
+        "labels": "inferred", "batch_size": "known", "local_hparams": "known", "defenses": "known", "server": "honest",
+    },
     "batch_size": 1,
     "image_size": 32,
     "channels": None,

@@ -30,6 +30,7 @@ from pydantic_core import SchemaError
 
 from fedinvert.errors import ConfigError
 from fedinvert.models.layers import MIN_IMAGE_SIZE
+from fedinvert.observation import Capability
 
 # -- bounds ----------------------------------------------------------------------------------------------
 MAX_CONFIG_BYTES = 256 * 1024
@@ -296,6 +297,7 @@ THREAT: dict[str, Any] = {
     "batch_size": Literal["known", "unknown"],
     "local_hparams": Literal["known", "guessed", "unknown"],
     "defenses": Literal["known", "unknown"],
+    "server": Literal["honest", "malicious"],
 }
 
 DATASET: dict[str, Any] = {
@@ -591,6 +593,12 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     factory = _registered(ATTACKS, "attack.name", attack["name"])
     valid = [k for k in class_keywords(factory) if k not in ("device", "prior")]
     out["attack"] = _check_keywords("attack", attack["name"], factory, attack, valid)
+    malicious = Capability.MALICIOUS_MODEL in getattr(factory, "requires", frozenset())
+    if malicious and out["threat"]["server"] != "malicious":
+        raise ConfigError(
+            f"attack '{attack['name']}' changes the model the server sends; it needs threat.server=malicious"
+            f" (the threat model is threat.server={out['threat']['server']})"
+        )
 
     prior = _group_section(merged, "prior", optional=True)
     if prior is not None:
