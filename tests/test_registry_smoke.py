@@ -10,6 +10,7 @@ from fedinvert.data import DATASETS, load_batch
 from fedinvert.errors import DataNotFoundError
 from fedinvert.metrics import METRICS
 from fedinvert.models import MODELS, build_model
+from fedinvert.observation import Capability
 from fedinvert.priors import PRIORS
 from fedinvert.runner import build_scenario, run
 
@@ -23,6 +24,8 @@ def test_every_attack_runs_a_few_steps(name):
     keys = cfg_keys(name)
     if "compile" in keys:  # analytic attacks run no optimisation step to compile
         args.append("attack.compile=false")
+    if ATTACKS.get(name).requires & {Capability.MALICIOUS_MODEL}:
+        args.append("threat.server=malicious")
     cfg = resolve_config(args)
     shrunk = (("iterations", 2), ("steps_per_stage", 2), ("latent_steps", 2), ("finetune_steps", 2),
               ("restarts", 1), ("population", 4), ("group_start", 1), ("group_every", 1))
