@@ -28,6 +28,8 @@ import fails beside the CPU torch for want of three operator schemas; they are d
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -86,10 +88,10 @@ def photo_victim(index: int, *, image_size: int = 32, model: str = "lenet-dlg", 
     return obs, batch.images, batch.labels, victim
 
 
-def breaching_ig(model: torch.nn.Module, target: Sequence[torch.Tensor], label: torch.Tensor, x0: torch.Tensor, *,
-                 iterations: int) -> torch.Tensor:
-    """breaching 0.1.2's Inverting Gradients (its configuration; only the iteration count and one trial set) from
-    the start ``x0`` on a victim that sees [0, 1] images: (1, C, H, W) in [0, 1]."""
+@functools.cache
+def _breaching() -> tuple[Any, Any, Any]:
+    """(the breaching module, its Inverting Gradients attack config, the torchvision schema library), loaded once
+    per process; the library object is kept because its definitions last only as long as it does."""
     import logging
 
     library = torch.library.Library("torchvision", "FRAGMENT")  # schemas its torchvision import registers on
@@ -100,15 +102,25 @@ def breaching_ig(model: torch.nn.Module, target: Sequence[torch.Tensor], label: 
         with contextlib.suppress(RuntimeError):  # already defined
             library.define(schema)
     import breaching  # type: ignore[import-not-found]
-    from omegaconf import OmegaConf
 
     logging.getLogger("breaching").setLevel(logging.WARNING)
     with contextlib.redirect_stdout(None):
         cfg = breaching.get_config(overrides=["attack=invertinggradients"])
-    cfg.attack.optim.max_iterations = iterations
-    cfg.attack.restarts.num_trials = 1
+    return breaching, cfg.attack, library
+
+
+def breaching_ig(model: torch.nn.Module, target: Sequence[torch.Tensor], label: torch.Tensor, x0: torch.Tensor, *,
+                 iterations: int) -> torch.Tensor:
+    """breaching 0.1.2's Inverting Gradients (its configuration; only the iteration count and one trial set) from
+    the start ``x0`` on a victim that sees [0, 1] images: (1, C, H, W) in [0, 1]."""
+    from omegaconf import OmegaConf
+
+    breaching, base, _ = _breaching()
+    attack_cfg = copy.deepcopy(base)
+    attack_cfg.optim.max_iterations = iterations
+    attack_cfg.restarts.num_trials = 1
     setup = {"dtype": torch.float, "device": torch.device("cpu")}
-    attacker = breaching.attacks.prepare_attack(model, torch.nn.CrossEntropyLoss(), cfg.attack, setup)
+    attacker = breaching.attacks.prepare_attack(model, torch.nn.CrossEntropyLoss(), attack_cfg, setup)
     channels = x0.shape[1]
     metadata = OmegaConf.create({"shape": list(x0.shape[1:]), "mean": [0.0] * channels, "std": [1.0] * channels,
                                  "modality": "vision", "classes": 10})
