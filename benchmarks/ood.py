@@ -49,13 +49,14 @@ ATTACKS = ("gifd", "gifd-z", "ggl", "inverting_gradients")
 LABEL_MAPS = {"permuted": [3, 7, 1, 9, 0, 5, 2, 8, 6, 4], "grouped": [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]}
 MAPPING_KEYS = ("coarse_steps", "remapper_samples", "remapper_epochs")  # GIFD's label-mapping keywords
 
-#: attack -> (overrides, the budget in words) per size; move DEFAULT_BUDGETS to each attack's knee from
-#: benchmarks/convergence.py. The coarse/remapper keys apply to GIFD with label mapping only.
+#: attack -> (overrides, the budget in words) per size: DEFAULT_BUDGETS gives every attack 1,000 gradient
+#: evaluations per private batch (IG at its knee in benchmarks/results/convergence.csv). The coarse/remapper
+#: keys apply to GIFD with label mapping only.
 DEFAULT_BUDGETS: dict[str, tuple[list[str], str]] = {
-    "gifd": (["attack.steps_per_stage=60", "attack.restarts=2", "attack.coarse_steps=100"], "stages × 60 × 2"),
-    "gifd-z": (["attack.steps_per_stage=300", "attack.restarts=2"], "300 × 2"),
-    "ggl": (["attack.iterations=60", "attack.population=10"], "CMA-ES 60 × 10"),
-    "inverting_gradients": (["attack.iterations=300", "attack.restarts=2"], "300 × 2"),
+    "gifd": (["attack.steps_per_stage=100", "attack.restarts=2", "attack.coarse_steps=100"], "stages × 100 × 2"),
+    "gifd-z": (["attack.steps_per_stage=500", "attack.restarts=2"], "500 × 2"),
+    "ggl": (["attack.iterations=100", "attack.population=10"], "CMA-ES 100 × 10"),
+    "inverting_gradients": (["attack.iterations=1000", "attack.restarts=1"], "1000 × 1"),
 }
 FULL_BUDGETS: dict[str, tuple[list[str], str]] = {
     "gifd": (["attack.steps_per_stage=1000", "attack.restarts=4", "attack.coarse_steps=100"],
