@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import fedinvert.runner as runner
 from fedinvert import memory
-from fedinvert.attacks.dlg import IDLG
+from fedinvert.attacks.optimization.dlg import IDLG
 from fedinvert.cli import main
 from fedinvert.config import resolve_config
 from fedinvert.errors import ConfigError

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fedinvert.attacks import ATTACKS
-from fedinvert.attacks.ggl import GGL
-from fedinvert.attacks.gias import GIAS
+from fedinvert.attacks.generative.ggl import GGL
+from fedinvert.attacks.generative.gias import GIAS
 from fedinvert.errors import ConfigError, MissingCapabilityError
 from fedinvert.fl import FedSGDClient
 from fedinvert.models import build_model

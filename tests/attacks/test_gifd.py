@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedinvert.attacks import ATTACKS
-from fedinvert.attacks.gifd import GIFD, OFFICIAL_SETTINGS
+from fedinvert.attacks.generative.gifd import GIFD, OFFICIAL_SETTINGS
 from fedinvert.attacks.objectives import GradientMatcher
 from fedinvert.cli import main
 from fedinvert.config import resolve_config

@@ -7,14 +7,14 @@ import torch
 from torch import Tensor, nn
 
 from fedinvert.attacks.base import ATTACKS
-from fedinvert.attacks.gradinversion import (
+from fedinvert.attacks.objectives import GradientMatcher
+from fedinvert.attacks.optimization.gradinversion import (
     BatchNormPrior,
     GradInversion,
     batch_norm_layers,
     trained_statistics,
 )
-from fedinvert.attacks.inverting_gradients import PixelAttack
-from fedinvert.attacks.objectives import GradientMatcher
+from fedinvert.attacks.optimization.inverting_gradients import PixelAttack
 from fedinvert.data import load_batch, public_images
 from fedinvert.errors import ConfigError
 from fedinvert.fl.fedsgd import FedSGDClient

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedinvert.attacks import ATTACKS
-from fedinvert.attacks.label_mapping import prior_samples, train_remapper
+from fedinvert.attacks.generative.label_mapping import prior_samples, train_remapper
 from fedinvert.config import resolve_config
 from fedinvert.errors import ConfigError, FedinvertError
 from fedinvert.fl import FedSGDClient

@@ -7,6 +7,7 @@ through the Python API without registration.
 
 from fedinvert.models.base import MODELS, build_model, last_linear, model_options, penultimate_features
 from fedinvert.models.convnet import ConvNet
+from fedinvert.models.imprint import ImprintBlock, ImprintedModel
 from fedinvert.models.layers import MIN_IMAGE_SIZE
 from fedinvert.models.lenet import LeNet5, LeNetDLG
 from fedinvert.models.mlp import MLP
@@ -17,6 +18,8 @@ __all__ = [
     "MODELS",
     "BasicBlock",
     "ConvNet",
+    "ImprintBlock",
+    "ImprintedModel",
     "LeNet5",
     "LeNetDLG",
     "MLP",

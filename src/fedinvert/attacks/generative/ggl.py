@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from fedinvert.attacks.base import ATTACKS
-from fedinvert.attacks.generative import (
+from fedinvert.attacks.generative.base import (
     GenerativeAttack,
     Setup,
     check_choice,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from fedinvert.attacks.base import ATTACKS, optimize
-from fedinvert.attacks.generative import (
+from fedinvert.attacks.generative.base import (
     GenerativeAttack,
     Setup,
     StageRenderer,

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from fedinvert.attacks.base import ATTACKS
-from fedinvert.attacks.generative import (
+from fedinvert.attacks.generative.base import (
     DEFAULT_RELATIVE_RADII,
     GenerativeAttack,
     Setup,
@@ -37,7 +37,7 @@ from fedinvert.attacks.generative import (
     repeat_restarts,
     validate_schedule,
 )
-from fedinvert.attacks.label_mapping import train_remapper
+from fedinvert.attacks.generative.label_mapping import train_remapper
 from fedinvert.errors import ConfigError, ObservationError
 from fedinvert.observation import Observation, Reconstruction, StageResult
 from fedinvert.priors import Prior
@@ -202,7 +202,7 @@ class GIFD(GenerativeAttack):
         if given is None and self.radius_mode == "absolute" and self.ball and last > 0:
             raise ConfigError(
                 "attack.radius_mode=absolute needs attack.radii (one ℓ1 radius per feature stage; e.g. the"
-                " official BigGAN schedule in fedinvert.attacks.gifd.OFFICIAL_SETTINGS)"
+                " official BigGAN schedule in fedinvert.attacks.generative.gifd.OFFICIAL_SETTINGS)"
             )
         if given is None:
             given = interpolate_radii(DEFAULT_RELATIVE_RADII, self.prior.num_stages - 1)

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from fedinvert.attacks.base import ATTACKS
-from fedinvert.attacks.inverting_gradients import PixelAttack, StepFunction
 from fedinvert.attacks.objectives import GradientMatcher, _affine_batch_norm_
+from fedinvert.attacks.optimization.inverting_gradients import PixelAttack, StepFunction
 from fedinvert.errors import ConfigError
 from fedinvert.observation import Observation
 
