@@ -17,7 +17,7 @@ in-distribution upper bound (private images the prior can generate) is ``id-fash
 ``benchmarks/ood.py``.
 
     python benchmarks/gen_gia.py           # 32 px; GIFD, GIFD-z, IG on LFW B = 4 and photos B = 1, GGL on
-                                           # photos B = 1: ~17 min on 1 core
+                                           # photos B = 1: ~30 min on 1 core
     python benchmarks/gen_gia.py --full    # 64 px, all seven attacks, LFW at B = 1 and 4, photos at B = 1,
                                            # the official budgets (GIFD 1,000 steps × 4 restarts); GPU-sized
     python benchmarks/gen_gia.py --smoke   # every attack and path, 2 batches, tiny budgets (numbers meaningless)

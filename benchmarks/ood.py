@@ -20,7 +20,7 @@ and re-identification top-1; then paired differences on the same batches (GIFD �
 GIFD − GGL, mapping on − off). The 11 photos hold 8 disjoint batches only at B = 1.
 
     python benchmarks/ood.py           # 32 px, B = 1: id-fashion, ood-face-lfw, ood-fashion-digits with GIFD,
-                                       # GIFD-z, IG; mapping 'permuted' off/on: ~20 min on 1 core
+                                       # GIFD-z, IG; mapping 'permuted' off/on: ~30 min on 1 core
     python benchmarks/ood.py --full    # all five settings × GIFD, GIFD-z, GGL, IG at B = 1 and 4 (photos B = 1),
                                        # both mappings at B = 1 and 4, official budgets (1,000 × 4); GPU-sized
     python benchmarks/ood.py --smoke   # every path, 2 batches, tiny budgets (numbers meaningless)
