@@ -57,32 +57,41 @@ def test_remapper_learns_the_priors_classes_from_its_samples_alone(fashion):
     assert train_remapper(fashion, (1, 32, 32), samples=3000, epochs=3, seed=1) is remapper  # cached
 
 
+def _map_one(fashion, true_class: int) -> dict:
+    """GIFD with label mapping on one private image the prior draws for ``true_class`` (seed 5 + class), whose
+    FL label is PERMUTATION[true_class]; returns the reconstruction's label-mapping record after checking it."""
+    with torch.no_grad():
+        z = fashion.sample_latent(1, generator=torch.Generator().manual_seed(5 + true_class))
+        private = fashion(z, fashion.condition(torch.tensor([true_class])))
+    fl_label = torch.tensor([PERMUTATION[true_class]])
+    model = build_model("convnet", in_channels=1, num_classes=10, image_size=32, width=0.5, seed=0)
+    update = FedSGDClient(mode="eval").update(model, (private - 0.5) / 0.5, fl_label)
+    obs = Observation(model=model, update=update, kind="gradient", image_shape=(1, 32, 32), num_classes=10,
+                      normalization=NORM, batch_size=1)
+    attack = ATTACKS.build("gifd", prior=fashion, steps_per_stage=1, coarse_steps=100, restarts=2,
+                           label_mapping=True, remapper_samples=3000, remapper_epochs=3, compile=False,
+                           device="cpu")
+    rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
+    # the FL loss keeps the inferred FL label; the coarse pass is conditioned on it; the full schedule is
+    # conditioned on the mapped label; both passes are counted
+    mapping = rec.extras["label_mapping"]
+    assert rec.labels.tolist() == fl_label.tolist() == mapping["coarse_labels"]
+    assert rec.extras["generator_labels"] == mapping["mapped_labels"]
+    assert rec.iterations == (100 + 1) * 2 * fashion.num_stages
+    return mapping
+
+
+def test_gifd_label_mapping_conditions_the_full_schedule_on_the_mapped_class(fashion):
+    mapping = _map_one(fashion, 5)
+    assert mapping["mapped_labels"][0] in range(10)
+
+
+@pytest.mark.slow
 def test_gifd_maps_permuted_fl_labels_back_to_the_priors_classes(fashion):
-    # Prepare: private images drawn from the prior for three classes; the FL task numbers classes differently.
-    # Over all ten classes (seed 5 + c, official 100 coarse steps) the mapping was right for 9 of 10.
-    hits = 0
-    for true_class in (1, 5, 9):
-        with torch.no_grad():
-            z = fashion.sample_latent(1, generator=torch.Generator().manual_seed(5 + true_class))
-            private = fashion(z, fashion.condition(torch.tensor([true_class])))
-        fl_label = torch.tensor([PERMUTATION[true_class]])
-        model = build_model("convnet", in_channels=1, num_classes=10, image_size=32, width=0.5, seed=0)
-        update = FedSGDClient(mode="eval").update(model, (private - 0.5) / 0.5, fl_label)
-        obs = Observation(model=model, update=update, kind="gradient", image_shape=(1, 32, 32), num_classes=10,
-                          normalization=NORM, batch_size=1)
-        attack = ATTACKS.build("gifd", prior=fashion, steps_per_stage=1, coarse_steps=100, restarts=2,
-                               label_mapping=True, remapper_samples=3000, remapper_epochs=3, compile=False,
-                               device="cpu")
-        # Execute
-        rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
-        # Assert: the FL loss keeps the inferred FL label; the coarse pass is conditioned on it; the full
-        # schedule is conditioned on the mapped label; both passes are counted.
-        mapping = rec.extras["label_mapping"]
-        assert rec.labels.tolist() == fl_label.tolist() == mapping["coarse_labels"]
-        assert rec.extras["generator_labels"] == mapping["mapped_labels"]
-        assert rec.iterations == (100 + 1) * 2 * fashion.num_stages
-        hits += mapping["mapped_labels"] == [true_class]
-    assert hits >= 2
+    # Over all ten classes the mapping was right for 8 of 10 with one thread and 9 of 10 with two (the
+    # remapper's training depends on the thread count); chance is 1 in 10.
+    hits = sum(_map_one(fashion, c)["mapped_labels"] == [c] for c in range(10))
+    assert hits >= 7
 
 
 def test_label_mapping_needs_a_conditional_prior():
