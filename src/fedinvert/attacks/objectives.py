@@ -152,6 +152,10 @@ class GradientMatcher:
     gradient with ``−Δ/η`` (η from ``obs.local_training``, else 1e-3) — for the cosine distances η does
     not matter, for ``l2`` it only rescales the distance. For gradient observations ``fedavg`` is ignored.
 
+    ``holdout`` > 0 leaves a fixed random share of the update's coordinates (drawn once from ``holdout_seed``)
+    out of the optimised distance: ``step`` and `distance` never read them, and `heldout_distance` scores a
+    candidate on them alone — validation data for choosing among candidates (GIFD's ``selection="held_out"``).
+
     ``adaptive=True`` (DESIGN §4, adaptive attacker) applies the deterministic part of every defence declared
     in ``obs.defenses`` (clipping, pruning mask, Soteria mask, quantisation) to the dummy update, in the
     declared order (`fedinvert.defenses.replay_transform`); noise is never replayed. With a declared
@@ -173,8 +177,12 @@ class GradientMatcher:
         fedavg: str = "strong",
         functional: bool = False,
         compile: bool = False,
+        holdout: float = 0.0,
+        holdout_seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
+        if not 0.0 <= holdout < 1.0:
+            raise ValueError(f"holdout must lie in [0, 1), got {holdout}")
         self.device = torch.device(device)
         model = copy.deepcopy(obs.model).to(self.device)
         for p in model.parameters():
@@ -210,6 +218,17 @@ class GradientMatcher:
         if self.local is not None and obs.batch_size:  # the schedule outside any (compiled, vmapped) step
             n = max(1, obs.batch_size // self.clients)
             self._batches[n] = [i.to(self.device) for i in local_batches(n, self.local)]
+        # the held-out coordinates: zeroed in both updates, so no distance reads them (cosine and l2 alike)
+        self.kept: list[Tensor] | None = None
+        self.heldout_fn: Distance | None = None
+        self._held_target: list[Tensor] = []
+        if holdout > 0:
+            draw = torch.Generator().manual_seed(holdout_seed)
+            held = [(torch.rand(t.shape, generator=draw) < holdout).to(self.device) for t in self.target]
+            self.kept = [(~h).to(torch.float32) for h in held]
+            self._held_target = [t * h.to(torch.float32) for t, h in zip(self.target, held, strict=True)]
+            self.target = [t * k for t, k in zip(self.target, self.kept, strict=True)]
+            self.heldout_fn = build_distance(distance, self._held_target, prune_ratio=prune_ratio)
         self.distance_fn = build_distance(distance, self.target, prune_ratio=prune_ratio)
         self.render = render
         self.regularizer = regularizer
@@ -271,9 +290,12 @@ class GradientMatcher:
             out = self.update_transform(out)
         return out
 
+    def _kept(self, update: list[Tensor]) -> list[Tensor]:
+        return update if self.kept is None else [u * k for u, k in zip(update, self.kept, strict=True)]
+
     def _objective(self, variables: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         inputs, labels = self.render(*variables)
-        dist = self.distance_fn(self.parameter_gradient(inputs, labels), self.target)
+        dist = self.distance_fn(self._kept(self.parameter_gradient(inputs, labels)), self.target)
         loss = dist if self.regularizer is None else dist + self.regularizer(inputs, variables)
         return loss, dist
 
@@ -315,7 +337,23 @@ class GradientMatcher:
             finally:
                 self.functional = saved
         self.evaluations += 1
-        return float(self.distance_fn([g.detach() for g in grads], self.target))
+        return float(self.distance_fn(self._kept([g.detach() for g in grads]), self.target))
+
+    @torch.no_grad()
+    def heldout_distance(self, inputs: Tensor, labels: Tensor) -> float:
+        """Gradient distance of one candidate batch on the held-out coordinates alone (needs ``holdout`` > 0)."""
+        if self.heldout_fn is None or self.kept is None:
+            raise ValueError("heldout_distance needs a matcher built with holdout > 0")
+        with torch.enable_grad():
+            saved = self.functional
+            self.functional = False
+            try:
+                grads = self.parameter_gradient(inputs.detach(), labels.detach(), create_graph=False)
+            finally:
+                self.functional = saved
+        self.evaluations += 1
+        held = [g.detach() * (1 - k) for g, k in zip(grads, self.kept, strict=True)]
+        return float(self.heldout_fn(held, self._held_target))
 
 
 class _AffineBatchNorm(nn.Module):

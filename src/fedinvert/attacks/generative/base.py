@@ -216,6 +216,9 @@ class GenerativeAttack(Attack):
     """
 
     requires: ClassVar[frozenset[Capability]] = frozenset({Capability.PRIOR})
+    #: share of the update's coordinates left out of every optimised distance (GIFD's held-out selection)
+    holdout: float = 0.0
+    holdout_seed: int = 0
 
     def __init__(
         self,
@@ -334,6 +337,8 @@ class GenerativeAttack(Attack):
             fedavg=self.fedavg,
             functional=functional or compiled,
             compile=compiled,
+            holdout=self.holdout,
+            holdout_seed=self.holdout_seed,
             device=self.device,
         )
 

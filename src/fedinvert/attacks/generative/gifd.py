@@ -15,6 +15,7 @@ a keyword (``carry``): ``final`` is the official behaviour, ``best`` keeps each 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from fedinvert.attacks.generative.base import (
     validate_schedule,
 )
 from fedinvert.attacks.generative.label_mapping import train_remapper
+from fedinvert.attacks.objectives import GradientMatcher
 from fedinvert.errors import ConfigError, ObservationError
 from fedinvert.observation import Observation, Reconstruction, StageResult
 from fedinvert.priors import Prior
@@ -96,7 +98,15 @@ class GIFD(GenerativeAttack):
         stages: which stages to search, as names (``["z", "f1"]``) or indices (negative from the end); the
             others are only passed through. None: all stages.
         ball: apply the ℓ1 balls (False for the ablations GIFD-e and GIFD-f).
-        selection: ``least_distance`` (GIFD, GIFD-e) or ``last`` (GIFD-f) — which stage is the answer.
+        selection: which recorded stage is the answer. ``least_distance`` (GIFD, GIFD-e): the least optimised
+            gradient distance, the official rule, which rewards deep stages for fitting what an image cannot
+            explain. ``held_out``: ``holdout`` of the update's coordinates (a fixed random draw) are left out of
+            every stage's optimisation and the stage with the least distance on them is chosen, like validation
+            data. ``agreement``: the stage whose restarts' images agree best (least mean pairwise MSE between
+            the restarts' images; needs ``restarts`` ≥ 2). ``last`` (GIFD-f): the last stage run. None of them
+            reads the private images.
+        holdout: share of the coordinates held out with ``selection="held_out"`` (0.1); ignored otherwise.
+        holdout_seed: seed of the held-out draw.
         carry: which iterate of a stage each restart records and hands to the next stage. ``best``: its least
             pure-distance iterate, the stage's own start included, so per-stage distances never rise and a
             deep stage can never be worse than the one before it. ``final``: its last evaluated iterate and
@@ -142,7 +152,9 @@ class GIFD(GenerativeAttack):
         latent_radii: list[float] | None = None,
         stages: list[str | int] | None = None,
         ball: bool = True,
-        selection: Literal["least_distance", "last"] = "least_distance",
+        selection: Literal["least_distance", "held_out", "agreement", "last"] = "least_distance",
+        holdout: float = 0.1,
+        holdout_seed: int = 0,
         carry: Literal["best", "final"] = "best",
         tv: float = 1e-4,
         image_norm: float = 1e-6,
@@ -193,7 +205,15 @@ class GIFD(GenerativeAttack):
         if not isinstance(ball, bool):
             raise ConfigError(f"attack.ball must be true or false, got {ball!r}")
         self.ball = ball
-        self.selection = check_choice("selection", selection, ["least_distance", "last"])
+        self.selection = check_choice("selection", selection, ["least_distance", "held_out", "agreement", "last"])
+        holdout = check_number("holdout", holdout, positive=True)
+        if not holdout < 1:
+            raise ConfigError(f"attack.holdout must lie in (0, 1), got {holdout}")
+        if self.selection == "held_out":
+            self.holdout = holdout
+            self.holdout_seed = check_count("holdout_seed", holdout_seed, minimum=0)
+        if self.selection == "agreement" and self.restarts < 2:
+            raise ConfigError("attack.selection=agreement compares restarts: it needs attack.restarts ≥ 2")
         self.carry = check_choice("carry", carry, ["best", "final"])
         self.schedule = validate_schedule(schedule)
         self.stage_indices = resolve_stages(self.prior, stages)
@@ -276,7 +296,7 @@ class GIFD(GenerativeAttack):
                 "GIFD found no finite gradient distance in any stage (NaN or inf everywhere); check the"
                 " observation (victim, update) and the prior"
             )
-        chosen = results[-1] if self.selection == "last" else min(results, key=lambda s: s.distance)
+        chosen = results[self._choose(run)]
         extras: dict[str, Any] = {
             "stage": chosen.name,
             "restart": chosen.restart,
@@ -306,6 +326,11 @@ class GIFD(GenerativeAttack):
         regularizer = image_regularizer(tv=self.tv, norm=self.image_norm)
         run = _StagedRun(generator_labels=setup.generator_labels.cpu().tolist())
         last = self.stage_indices[-1]
+        judge = None
+        if self.selection == "held_out":
+            judge = GradientMatcher(obs, distance=self.distance, prune_ratio=self.prune_ratio,
+                                    render=lambda *v: (v[0], v[1]), adaptive=self.adaptive, fedavg=self.fedavg,
+                                    holdout=self.holdout, holdout_seed=self.holdout_seed, device=self.device)
         try:
             with torch.no_grad():
                 variables = prior.initial_variables(latents, cond)
@@ -337,15 +362,26 @@ class GIFD(GenerativeAttack):
                     variables = found.variables
                     if torch.isfinite(found.distance).any():
                         best = int(torch.argmin(found.distance))
-                        images = self.stage_images(obs, setup, k, variables)[best]
+                        every = self.stage_images(obs, setup, k, variables)  # (R, B, C, H, W)
+                        images = every[best]
                         run.results.append(StageResult(name, images, float(found.distance[best]), restart=best))
-                        run.summary.append({
+                        row: dict[str, Any] = {
                             "stage": name,
                             "distance": float(found.distance[best]),
                             "restart": best,
                             "restart_distances": found.distance.tolist(),
                             "seconds": time.perf_counter() - t0 - found.compile_seconds,
-                        })
+                        }
+                        if judge is not None:
+                            inputs = self.victim_inputs(obs, images.to(self.device))
+                            row["heldout_distance"] = judge.heldout_distance(inputs, setup.labels)
+                            run.evaluations += 1
+                        if self.restarts > 1:
+                            flat = every.flatten(1)
+                            pairs = torch.cdist(flat, flat).pow(2) / flat.shape[1]
+                            r = self.restarts
+                            row["disagreement"] = float(pairs.sum() / (r * (r - 1)))
+                        run.summary.append(row)
                         log.info("GIFD %sstage %s: distance %.4g (restart %d)", tag, name, found.distance[best], best)
                     if found.interrupted:
                         run.interrupted = True
@@ -357,6 +393,16 @@ class GIFD(GenerativeAttack):
             run.interrupted = True
             log.warning("GIFD interrupted; returning the best stage so far")
         return run
+
+    def _choose(self, run: _StagedRun) -> int:
+        """Index into ``run.results`` of the answer under ``selection`` (see the class docstring)."""
+        if self.selection == "last":
+            return len(run.results) - 1
+        key = {"least_distance": "distance", "held_out": "heldout_distance", "agreement": "disagreement"}[
+            self.selection
+        ]
+        scores = [row[key] for row in run.summary]
+        return min(range(len(scores)), key=lambda i: (not math.isfinite(scores[i]), scores[i]))
 
     def generator_labels(self, obs: Observation, labels: Tensor) -> Tensor:
         """The FL labels condition the prior, folded into its classes when there are more (the coarse pass of

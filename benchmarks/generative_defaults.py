@@ -1,0 +1,74 @@
+"""A paired sweep of the generation-based attacks' keywords at the budget users run here (1000 gradient
+evaluations a private batch, as in ``gen_gia.py``): are the papers' defaults the best choice there?
+
+Every candidate attacks the same private batches as ``gen_gia.py``'s photos cell (8 bundled photos, B = 1,
+32 px, half-width ReLU ConvNet, labels inferred, face DCGAN prior), through the runner. Printed per candidate:
+PSNR and leakage over the no-leak reference (mean ± 95 % interval over the batches) and the paired difference
+to the attack's current defaults on the same batches. A default is changed only where a candidate's paired
+interval excludes zero.
+
+    python benchmarks/generative_defaults.py                 # GIFD, GGL, GIAS, 3 candidates each: ~30 min on 1 core
+    python benchmarks/generative_defaults.py --attacks ggl   # one attack
+    python benchmarks/generative_defaults.py --smoke         # every path, 2 batches, tiny budgets
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from _stats import batch_indices, paired, run_cell, summarize
+from _tables import companion, parse_sized, print_cells, print_pairs, sized_parser, write_csv
+from gen_gia import DEFAULT_BUDGETS, SMOKE_BUDGETS, overrides
+
+#: attack -> candidate name -> keyword overrides ("defaults" = the attack's own defaults)
+CANDIDATES: dict[str, dict[str, list[str]]] = {
+    "gifd": {"defaults": [], "lr=0.03": ["attack.lr=0.03"], "lr=0.3": ["attack.lr=0.3"]},
+    "ggl": {"defaults": [], "sigma=0.5": ["attack.sigma=0.5"], "kld=0": ["attack.kld=0.0"]},
+    "gias": {"defaults": [], "lr=0.1": ["attack.lr=0.1"], "finetune_lr=0.01": ["attack.finetune_lr=0.01"]},
+}
+
+
+def main() -> None:
+    parser = sized_parser(__doc__, csv="benchmarks/results/generative_defaults.csv",
+                          full_help="the same candidates on 16 batches", smoke_help="2 batches, tiny budgets")
+    parser.add_argument("--attacks", default=",".join(CANDIDATES), help="comma-separated subset of gifd, ggl, gias")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the batch layout; batch k runs with seed+k")
+    args, size = parse_sized(parser)
+    n_batches = {"default": 8, "full": 16, "smoke": 2}[size]
+    image_size = 16 if size == "smoke" else 32
+    plan = SMOKE_BUDGETS if size == "smoke" else DEFAULT_BUDGETS
+    layout = batch_indices("photos", n_batches=n_batches, per_batch=1, seed=args.seed, unique_labels=True)
+    cells: list[dict[str, Any]] = []
+    pairs: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for attack in args.attacks.split(","):
+        if attack not in CANDIDATES:
+            raise SystemExit(f"unknown attack {attack!r}; choose from {', '.join(CANDIDATES)}")
+        budget_overrides, budget = plan[attack]
+        rows_of: dict[str, list[dict[str, Any]]] = {}
+        for name, extra in CANDIDATES[attack].items():
+            labels = {"attack": attack, "candidate": name, "budget": budget}
+            rows = run_cell([*overrides("photos", 1, image_size, attack, budget_overrides), *extra], layout,
+                            seed=args.seed)
+            rows_of[name] = rows
+            cells.append({**labels, **summarize(rows)})
+            raw.extend({**labels, **r} for r in rows)
+            print(f"[{time.perf_counter() - t0:6.0f}s] {attack:<5} {name:<18} psnr {cells[-1]['psnr_mean']:.2f}"
+                  f" ± {cells[-1]['psnr_ci95']:.2f} (leak {cells[-1]['leakage_db']:+.2f})", flush=True)
+            if name != "defaults":
+                pairs.append({"attack": attack, "difference": f"{name} − defaults", **paired(rows, rows_of["defaults"])})
+    print(f"\nGeneration-based attacks' keywords, photos B = 1, {image_size} px, face-dcgan prior; mean ± 95 % over"
+          f" {n_batches} private batches; ref = no-leak reference PSNR")
+    print_cells(cells, ("attack", "candidate", "budget"))
+    print("\nPaired differences in PSNR on the same batches (a − b)")
+    print_pairs(pairs, ("attack",))
+    if args.csv:
+        print(f"\nwrote {write_csv(cells, args.csv, digits=4)}, {write_csv(pairs, companion(args.csv, 'paired'), digits=4)}"
+              f" and {write_csv(raw, companion(args.csv, 'batches'), digits=4)}")
+    print(f"{time.perf_counter() - t0:.0f} s in all")
+
+
+if __name__ == "__main__":
+    main()
