@@ -45,6 +45,7 @@ from fedinvert.observation import (
     Observation,
     ObservationMetadata,
     Reconstruction,
+    StageResult,
 )
 from fedinvert.report import leakage_caption, save_grid, save_loss_plot
 from fedinvert.run_folder import OutputTarget, deferred_sigint, json_text
@@ -623,10 +624,27 @@ def evaluate_run(
             if scenario.private is not None:
                 order = metrics_mod.match(scenario.private, stage.images)
                 psnr = float(metrics_mod.psnr_per_image(scenario.private, stage.images[order]).mean())
-            stages.append({"stage": stage.name, "distance": float(stage.distance), "psnr": psnr,
-                           "leakage_db": metrics_mod.leakage_db(psnr, reference)})
+            row = {"stage": stage.name, "distance": float(stage.distance), "psnr": psnr,
+                   "leakage_db": metrics_mod.leakage_db(psnr, reference),
+                   "chosen": stage.name == rec.extras.get("stage")}
+            row.update({k: v for k, v in _stage_summary(rec.extras, stage.name).items()
+                        if k in ("heldout_distance", "disagreement")})
+            stages.append(row)
         result["stages"] = stages
     return result
+
+
+def _stage_summary(extras: dict[str, Any], name: str) -> dict[str, Any]:
+    """The attack's own record of stage ``name`` (GIFD's ``stage_summary`` row), or {}."""
+    return next((row for row in extras.get("stage_summary", []) if row.get("stage") == name), {})
+
+
+def stage_label(stage: StageResult, extras: dict[str, Any]) -> str:
+    """A stage row's label in stages.png: its name, a mark on the stage the attack returned, the optimised
+    distance, and the held-out distance where the selection rule measured one."""
+    mark = " (chosen)" if stage.name == extras.get("stage") else ""
+    held = _stage_summary(extras, stage.name).get("heldout_distance")
+    return f"{stage.name}{mark} d {stage.distance:.3g}" + ("" if held is None else f" held-out {held:.3g}")
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -811,7 +829,7 @@ def _write_contents(folder: Path, result: RunResult) -> None:
         save_grid(folder / "reconstruction.png", [rec.images], labels=["reconstructed"])
     if rec.stages:
         rows = [s.images for s in rec.stages]
-        names = [f"{s.name} {s.distance:.3g}" for s in rec.stages]
+        names = [stage_label(s, rec.extras) for s in rec.stages]
         if scenario.private is not None:
             rows, names = [scenario.private, *rows], ["private", *names]
         save_grid(folder / "stages.png", rows, labels=names)

@@ -449,3 +449,15 @@ def test_agreement_rule_returns_the_stage_whose_restarts_agree(face, in_distribu
     rows = rec.extras["stage_summary"]
     assert rec.extras["stage"] == min(rows, key=lambda r: r["disagreement"])["stage"]
     assert all(r["disagreement"] > 0 for r in rows)
+
+
+def test_stage_rows_mark_the_chosen_stage_and_show_the_held_out_distance():
+    from fedinvert.observation import StageResult
+    from fedinvert.runner import stage_label
+
+    extras = {"stage": "f1", "stage_summary": [{"stage": "z", "distance": 0.02, "heldout_distance": 0.05},
+                                               {"stage": "f1", "distance": 0.0123, "heldout_distance": 0.0456}]}
+    images = torch.zeros(1, 3, 4, 4)
+    assert stage_label(StageResult("f1", images, 0.0123), extras) == "f1 (chosen) d 0.0123 held-out 0.0456"
+    assert stage_label(StageResult("z", images, 0.02), extras) == "z d 0.02 held-out 0.05"
+    assert stage_label(StageResult("z", images, 0.02), {"stage": "z"}) == "z (chosen) d 0.02"
