@@ -377,12 +377,14 @@ def test_cli_run_writes_stages(tmp_path, capsys):
     assert (out / "stages.png").is_file() and (out / "reconstruction.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert [s["stage"] for s in metrics["stages"]] == ["z", "f1", "f2", "f3", "f4"]
-    assert all(set(s) == {"stage", "distance", "psnr", "leakage_db"} for s in metrics["stages"])
+    # the default rule (least_distance) measures no held-out distance; two restarts give a disagreement
+    assert all(set(s) == {"stage", "distance", "psnr", "leakage_db", "chosen", "disagreement"} for s in metrics["stages"])
     assert metrics["iterations"] == 5 * 3 * 2
     assert metrics["distance"] == min(s["distance"] for s in metrics["stages"])
     details = json.loads((out / "run.json").read_text())["attack_details"]
     chosen = min(metrics["stages"], key=lambda s: s["distance"])["stage"]
     assert details["stage"] == chosen and len(details["stage_summary"]) == 5
+    assert [s["stage"] for s in metrics["stages"] if s["chosen"]] == [chosen]
     # the runner refuses the attack without a prior
     assert main(["attack", "attack=gifd", "model=convnet", "dataset=synthetic", "image_size=16", "device=cpu",
                  f"out={tmp_path / 'none'}"]) == 2
