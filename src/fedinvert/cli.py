@@ -1,6 +1,7 @@
-"""The `fedinvert` command line: attack, demo, list, train-prior.
+"""The `fedinvert` command line: attack, demo, list, train-prior, verify-model.
 
 Input errors print one line (``error: ...``) and exit with code 2; no traceback, nothing half-written.
+``verify-model`` exits 0 when the received model is clean and 1 when it is suspicious.
 """
 
 from __future__ import annotations
@@ -156,6 +157,72 @@ def cmd_train_prior(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+_VERIFY_DIMS = ("image_size", "channels", "num_classes")
+_VERIFY_KEYS = ("model", "reference", *_VERIFY_DIMS)
+
+
+def _verify_reference(overrides: Sequence[str]) -> tuple[object, tuple[int, int, int] | None]:
+    """The agreed architecture of ``verify-model``'s ``key=value`` arguments: a spec for `verify_model`
+    (``model=NAME`` with its dimensions and ``model.<option>=value``) or the state of ``reference=FILE``,
+    and the input shape (C, H, W) when it is given."""
+    import yaml
+
+    from fedinvert.errors import ConfigError
+    from fedinvert.verify import read_state
+
+    given: dict[str, object] = {}
+    options: dict[str, object] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"argument {item!r} is not key=value")
+        if key.startswith("model.") and len(key) > len("model."):
+            try:
+                options[key[len("model."):]] = yaml.safe_load(raw) if raw else None
+            except yaml.YAMLError:
+                options[key[len("model."):]] = raw
+            continue
+        if key not in _VERIFY_KEYS:
+            raise ConfigError(f"{key}: unknown key for verify-model; known: {', '.join(_VERIFY_KEYS)}, model.<option>")
+        if key in _VERIFY_DIMS:
+            try:
+                value = int(raw, 10)
+            except ValueError:
+                raise ConfigError(f"{key}: must be a whole number, got {raw!r}") from None
+            if value < 1:
+                raise ConfigError(f"{key}: must be at least 1, got {value}")
+            given[key] = value
+        else:
+            given[key] = raw
+    shape = None
+    if "image_size" in given and "channels" in given:
+        size = int(given["image_size"])  # type: ignore[call-overload]
+        shape = (int(given["channels"]), size, size)  # type: ignore[call-overload]
+    if "reference" in given:
+        if "model" in given or options:
+            raise ConfigError("give either reference=FILE or model=NAME (with its options), not both")
+        return read_state(str(given["reference"])), shape
+    if "model" not in given:
+        raise ConfigError("verify-model needs the agreed architecture: model=NAME image_size=… channels=…"
+                          " num_classes=… [model.<option>=…], or reference=FILE")
+    missing = [k for k in _VERIFY_DIMS if k not in given]
+    if missing:
+        raise ConfigError(f"{missing[0]}: missing; model={given['model']} needs {', '.join(_VERIFY_DIMS)}")
+    spec = {"name": given["model"], "in_channels": given["channels"], "num_classes": given["num_classes"],
+            "image_size": given["image_size"], **options}
+    return spec, shape
+
+
+def cmd_verify_model(args: argparse.Namespace) -> int:
+    from fedinvert.verify import read_state, verify_model
+
+    reference, shape = _verify_reference(args.overrides)
+    verdict = verify_model(read_state(args.file), reference, image_shape=shape)  # type: ignore[arg-type]
+    print(verdict.summary())
+    return 1 if verdict.suspicious else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedinvert", description="Measure how much private image data leaks from federated-learning updates."
@@ -203,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train_prior)
+    verify = sub.add_parser(
+        "verify-model",
+        help="check a received model (safetensors) against the agreed architecture; exit 0 clean, 1 suspicious",
+    )
+    verify.add_argument("file", help="the received state dict, e.g. a run's sent_model.safetensors")
+    verify.add_argument(
+        "overrides", nargs="*",
+        help="model=NAME image_size=N channels=C num_classes=K [model.<option>=value], or reference=FILE",
+    )
+    verify.set_defaults(func=cmd_verify_model)
     return parser
 
 

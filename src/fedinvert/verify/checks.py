@@ -115,15 +115,20 @@ def _from_module(model: nn.Module, image_shape: tuple[int, int, int] | None) -> 
 
 
 def _from_state(state: StateDict, image_shape: tuple[int, int, int] | None) -> Reference:
-    """A reference given as a state dict: layer order is the dict's order (a torch ``state_dict()`` keeps the
-    registration order; a safetensors file need not, so prefer a module or a spec where order matters)."""
+    """A reference given as a state dict. The linear layers' order is the dict's order (a torch
+    ``state_dict()`` keeps the registration order; a safetensors file sorts its keys, so prefer a module or a
+    spec when the network has several linear layers). It counts as convolutional first when it has
+    convolutions and no linear layer that could read the flattened image."""
     weights = [k for k, v in state.items() if k.endswith("weight") and v.is_floating_point() and v.dim() >= 2]
     linears = [k for k in weights if state[k].dim() == 2]
+    convs = [state[k] for k in weights if state[k].dim() > 2]
+    channels = min((int(c.shape[1]) for c in convs), default=None)
+    reads_input = any(_input_sized(int(state[k].shape[1]), image_shape, channels) for k in linears)
     return Reference(
         state=dict(state),
         classifier=linears[-1] if linears else None,
         first_linear=linears[0] if len(linears) > 1 else None,
-        conv_first=bool(weights) and state[weights[0]].dim() > 2,
+        conv_first=bool(convs) and not reads_input,
         image_shape=image_shape,
     )
 
