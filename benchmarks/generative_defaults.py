@@ -2,13 +2,16 @@
 evaluations a private batch, as in ``gen_gia.py``): are the papers' defaults the best choice there?
 
 Every candidate attacks the same private batches as ``gen_gia.py``'s photos cell (8 bundled photos, B = 1,
-32 px, half-width ReLU ConvNet, labels inferred, face DCGAN prior), through the runner. Printed per candidate:
+32 px, half-width ReLU ConvNet, labels inferred, face DCGAN prior; ``--setting lfw --batch-size 4`` for its LFW
+cell), through the runner. Printed per candidate:
 PSNR and leakage over the no-leak reference (mean ± 95 % interval over the batches) and the paired difference
 to the attack's current defaults on the same batches. A default is changed only where a candidate's paired
 interval excludes zero.
 
     python benchmarks/generative_defaults.py                 # GIFD, GGL, GIAS, 3 candidates each: ~30 min on 1 core
     python benchmarks/generative_defaults.py --attacks ggl   # one attack
+    python benchmarks/generative_defaults.py --attacks gifd --candidates defaults,lr=0.3 --setting lfw --batch-size 4
+                                                             # a candidate re-checked on gen_gia's LFW B = 4 cell
     python benchmarks/generative_defaults.py --smoke         # every path, 2 batches, tiny budgets
 """
 
@@ -33,12 +36,17 @@ def main() -> None:
     parser = sized_parser(__doc__, csv="benchmarks/results/generative_defaults.csv",
                           full_help="the same candidates on 16 batches", smoke_help="2 batches, tiny budgets")
     parser.add_argument("--attacks", default=",".join(CANDIDATES), help="comma-separated subset of gifd, ggl, gias")
+    parser.add_argument("--candidates", default=None, help="comma-separated subset of the candidates (with defaults)")
+    parser.add_argument("--setting", default="photos", choices=("photos", "lfw"), help="gen_gia's setting")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per private batch")
     parser.add_argument("--seed", type=int, default=0, help="seeds the batch layout; batch k runs with seed+k")
     args, size = parse_sized(parser)
+    only = set(args.candidates.split(",")) | {"defaults"} if args.candidates else None
     n_batches = {"default": 8, "full": 16, "smoke": 2}[size]
     image_size = 16 if size == "smoke" else 32
     plan = SMOKE_BUDGETS if size == "smoke" else DEFAULT_BUDGETS
-    layout = batch_indices("photos", n_batches=n_batches, per_batch=1, seed=args.seed, unique_labels=True)
+    layout = batch_indices(args.setting, n_batches=n_batches, per_batch=args.batch_size, seed=args.seed,
+                           unique_labels=True)
     cells: list[dict[str, Any]] = []
     pairs: list[dict[str, Any]] = []
     raw: list[dict[str, Any]] = []
@@ -49,8 +57,10 @@ def main() -> None:
         budget_overrides, budget = plan[attack]
         rows_of: dict[str, list[dict[str, Any]]] = {}
         for name, extra in CANDIDATES[attack].items():
+            if only is not None and name not in only:
+                continue
             labels = {"attack": attack, "candidate": name, "budget": budget}
-            rows = run_cell([*overrides("photos", 1, image_size, attack, budget_overrides), *extra], layout,
+            rows = run_cell([*overrides(args.setting, args.batch_size, image_size, attack, budget_overrides), *extra], layout,
                             seed=args.seed)
             rows_of[name] = rows
             cells.append({**labels, **summarize(rows)})
@@ -59,7 +69,7 @@ def main() -> None:
                   f" ± {cells[-1]['psnr_ci95']:.2f} (leak {cells[-1]['leakage_db']:+.2f})", flush=True)
             if name != "defaults":
                 pairs.append({"attack": attack, "difference": f"{name} − defaults", **paired(rows, rows_of["defaults"])})
-    print(f"\nGeneration-based attacks' keywords, photos B = 1, {image_size} px, face-dcgan prior; mean ± 95 % over"
+    print(f"\nGeneration-based attacks' keywords, {args.setting} B = {args.batch_size}, {image_size} px, face-dcgan prior; mean ± 95 % over"
           f" {n_batches} private batches; ref = no-leak reference PSNR")
     print_cells(cells, ("attack", "candidate", "budget"))
     print("\nPaired differences in PSNR on the same batches (a − b)")
