@@ -199,6 +199,7 @@ def build_scenario(cfg: dict[str, Any], *, attack: Attack | None = None) -> Scen
         context = ServerContext(
             image_shape=(channels, height, width), num_classes=num_classes, normalization=normalization,
             public=public_images(ds_name, **_pool_options(data_info), count=SERVER_PUBLIC_IMAGES),
+            batch_size=batch_size,
         )
         model = attack.modify_model(model, context)
         sent_state = {k: v.detach().clone().contiguous().cpu() for k, v in model.state_dict().items()}

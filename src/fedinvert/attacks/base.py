@@ -48,12 +48,14 @@ class ServerContext:
         num_classes: size of the label space.
         normalization: (mean, std) per channel the client applies to [0, 1] images.
         public: (N, C, H, W) public images in [0, 1] of the task's data (the data set's other split), or None.
+        batch_size: the number of images the server asks each client to train on (FedSGD), or None.
     """
 
     image_shape: tuple[int, int, int]
     num_classes: int
     normalization: tuple[tuple[float, ...], tuple[float, ...]]
     public: Tensor | None = None
+    batch_size: int | None = None
 
 
 class Attack(abc.ABC):
