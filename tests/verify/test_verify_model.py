@@ -1,6 +1,7 @@
 """verify_model: benign models pass every check; each malicious modification fails the check made for it."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -102,7 +103,8 @@ def test_hand_built_trap_weights_are_detected_by_their_magnitude_ratio(factor):
     assert verdict.failed_checks == ("trap_weights",)
     found = finding(verdict, "trap_weights")
     assert found.layer == "layers.fc1.weight"
-    assert found.value == pytest.approx(factor, rel=0.03)
+    assert float(re.search(r"magnitude ratio ([0-9.]+)", found.reason).group(1)) == pytest.approx(factor, rel=0.03)
+    assert found.value > 4 * found.threshold  # every row skewed alike: the effect is large next to the spread
 
 
 def test_a_mostly_negative_first_layer_fails_the_sign_balance():
@@ -169,3 +171,27 @@ def test_summary_has_one_line_per_finding_and_the_verdict():
     assert any(line.startswith("FAIL classifier_bias [layers.head.bias]") for line in lines)
     clean = Verdict((Finding("architecture", True, "same", 0.0, 0.0),))
     assert not clean.suspicious and clean.summary().splitlines()[-1] == "clean: all 1 findings passed"
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.1])
+def test_the_registered_trap_weights_are_detected(rate):
+    public = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    context = ServerContext(image_shape=(1, 28, 28), num_classes=10, normalization=((0.286,), (0.353,)),
+                            public=public)
+    sent = ATTACKS.build("trap_weights", rate=rate, device="cpu").modify_model(build("mlp"), context)
+    verdict = verify_model(sent.state_dict(), spec("mlp"))
+    assert verdict.failed_checks == ("trap_weights",)
+    # measured here: effect 3.3 at rate 0.01 (scale 1.16), 1.75 at rate 0.1 (scale 1.08; on noise images
+    # the scale is smaller than on Fashion-MNIST, where rate 0.1 gives 3.2–3.7)
+    assert finding(verdict, "trap_weights").value > 1.5
+
+
+@pytest.mark.skipif("fishing" not in ATTACKS, reason="the fishing attack is not registered yet")
+@pytest.mark.parametrize("name", ["convnet", "mlp"])
+def test_the_registered_fishing_head_is_detected(name):
+    public = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    context = ServerContext(image_shape=(1, 28, 28), num_classes=10, normalization=((0.286,), (0.353,)),
+                            public=public)
+    sent = ATTACKS.build("fishing", device="cpu").modify_model(build(name), context)
+    verdict = verify_model(sent.state_dict(), spec(name))
+    assert "classifier_rows" in verdict.failed_checks or "classifier_bias" in verdict.failed_checks

@@ -34,35 +34,37 @@ from fedinvert.verify.verdict import Finding, Verdict
 
 RANK_RATIO_MIN = 0.05
 """``imprint_rows``: a linear weight whose second singular value is below this fraction of the first is near
-rank one (its rows measure one direction). Benign minimum measured: 0.29 (a trained 10-class head);
-Robbing the Fed's block: < 1e-12."""
+rank one (its rows measure one direction). Benign minimum measured: 0.287 (an MLP's first layer fine-tuned
+at lr 0.5); Robbing the Fed's block: < 1e-12."""
 
-TRAP_LOG_FLOOR = math.log(1.15)
-"""``trap_weights``: the first linear layer's median over rows of log(mean |negative| / mean positive), the
-entries taken about the row's median (so the location drift that training gives whole rows cancels), may
-stray from 0 by this much (ratio within 1/1.15–1.15) ... Benign maximum measured: 1.11 (a two-layer MLP
-fine-tuned at lr 0.2); a diverged ReLU network (test accuracy at chance) reaches 1.26."""
+TRAP_EFFECT_MAX = 1.0
+"""``trap_weights``: in the first linear layer, the per-row log(mean |negative| / mean positive), entries taken
+about the row's median (so the location drift that training gives whole rows cancels), has a median over
+rows; a trap gives every row the same skew, so that median is large next to the rows' spread. The check fails
+when |median| / standard deviation over rows exceeds this (and the ratio leaves ``TRAP_RATIO_FLOOR``).
+Benign maximum measured: 0.63 (a two-layer MLP fine-tuned at lr 0.5 to chance accuracy: ratio 1.22, but rows
+that disagree); the registered ``trap_weights`` at rate 0.1: 3.2–3.7, hand-built traps at factor 1.2: ≥ 4."""
 
-TRAP_Z = 8.0
-"""``trap_weights``: ... or by this many standard errors of that median, whichever is larger (a first layer
-of few rows is noisy: at fan-in 32 and 10 rows the benign median wanders by ≈ 0.08)."""
+TRAP_RATIO_FLOOR = 1.05
+"""``trap_weights``: a median ratio within 1/1.05–1.05 passes however consistent (a negligible skew)."""
 
 SIGN_FLOOR = 0.15
 """``sign_balance``: the first linear layer's fraction of negative entries may stray from 1/2 by this much
-(35–65 %) ... Benign extremes measured: 42 % and 58 % (fine-tuned at lr 0.2; deeper layers of trained ReLU
-networks drift further, to 77 %, which is why only the first linear layer is judged)."""
+(35–65 %) ... Benign extreme measured: 58.0 % (LeNet-5's first linear layer fine-tuned at lr 0.2; deeper
+layers of trained ReLU networks drift further, to 77 %, which is why only the first linear layer is judged)."""
 
 SIGN_Z = 8.0
 """``sign_balance``: ... or by this many binomial standard errors 0.5/sqrt(entries), whichever is larger."""
 
 ROW_RATIO_MIN = 0.1
 """``classifier_rows``: the smallest classifier row norm must be at least this fraction of the largest.
-Benign minimum measured: 0.29; fishing's zeroed rows: 0."""
+Benign minimum measured: 0.32 (a LeNet-5 head fine-tuned at lr 0.5); fishing's zeroed rows: 0."""
 
 BIAS_SPREAD_MAX = 2.0
 """``classifier_bias``: max − min of the classifier's biases in units of its mean row norm (a bias matters
 next to w·f, which scales with ‖w‖). Benign maximum measured: 0.72 (LeNet-5 fine-tuned at lr 0.2; raw spreads
-reach 3.3 there, so an absolute bound would not separate); fishing at magnitude 5: ≥ 7."""
+reach 3.3 in an MLP fine-tuned at lr 0.2, so an absolute bound would not separate); fishing at magnitude 5:
+≥ 7."""
 
 MIN_TRAP_FAN_IN = 16
 """Linear layers with fewer inputs are too small for the sign and magnitude statistics."""
@@ -329,25 +331,26 @@ def _magnitude_ratio(weight: Tensor) -> Tensor:
 
 
 def check_trap_weights(candidate: StateDict, key: str) -> list[Finding]:
-    """Trap weights (Boenisch et al.) in the first linear layer: rows whose negative entries are larger in
-    magnitude than the positive ones (``trap_weights``; benign ≈ 1, measured about each row's median), or a
-    layer whose entries are mostly negative (``sign_balance``; benign ≈ 1/2)."""
+    """Trap weights (Boenisch et al.) in the first linear layer: rows whose negative entries are consistently
+    larger in magnitude than the positive ones (``trap_weights``; benign ≈ 1, measured about each row's
+    median), or a layer whose entries are mostly negative (``sign_balance``; benign ≈ 1/2)."""
     weight = candidate[key].double()
     if weight.shape[1] < MIN_TRAP_FAN_IN or not bool(torch.isfinite(weight).all()):
         return []
     findings = []
     ratio = _magnitude_ratio(weight - weight.median(dim=1, keepdim=True).values)
-    if len(ratio) >= 2:
+    if len(ratio) >= 3:
         logs = ratio.log()
-        median = float(logs.median())
-        error = 1.2533 * float(logs.std()) / math.sqrt(len(logs))  # standard error of a median
-        allowed = max(TRAP_LOG_FLOOR, TRAP_Z * error)
-        passed = abs(median) <= allowed
+        median, spread = float(logs.median()), float(logs.std())
+        effect = abs(median) / spread if spread > 0 else math.inf
+        skewed = abs(median) > math.log(TRAP_RATIO_FLOOR)
+        passed = effect <= TRAP_EFFECT_MAX or not skewed
         reason = (
-            f"median |negative|/positive magnitude ratio {math.exp(median):.3f} over {len(logs)} rows"
-            f" (about each row's median; benign ≈ 1, allowed {math.exp(-allowed):.3f}–{math.exp(allowed):.3f})"
+            f"median |negative|/positive magnitude ratio {math.exp(median):.3f} over {len(logs)} rows (about each"
+            f" row's median; benign ≈ 1), {effect:.2f} × the rows' spread (allowed {TRAP_EFFECT_MAX},"
+            f" or a ratio within 1/{TRAP_RATIO_FLOOR}–{TRAP_RATIO_FLOOR})"
         )
-        findings.append(Finding("trap_weights", passed, reason, math.exp(median), math.exp(allowed), key))
+        findings.append(Finding("trap_weights", passed, reason, effect, TRAP_EFFECT_MAX, key))
     signed = int((weight != 0).sum())
     if signed:
         share = float((weight < 0).sum()) / signed
