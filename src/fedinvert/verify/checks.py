@@ -66,6 +66,9 @@ next to w·f, which scales with ‖w‖). Benign maximum measured: 0.72 (LeNet-5
 reach 3.3 in an MLP fine-tuned at lr 0.2, so an absolute bound would not separate); fishing at magnitude 5:
 ≥ 7."""
 
+SVD_MAX_SIDE = 1024
+"""``imprint_rows`` looks at no more than this many evenly spaced rows and columns of a weight matrix."""
+
 MIN_TRAP_FAN_IN = 16
 """Linear layers with fewer inputs are too small for the sign and magnitude statistics."""
 
@@ -296,6 +299,15 @@ def _bias(candidate: StateDict, key: str) -> Tensor | None:
     return bias.double() if bias is not None and bias.dim() == 1 and bias.shape[0] == rows else None
 
 
+def _evenly_sampled(matrix: Tensor, most: int = SVD_MAX_SIDE) -> Tensor:
+    """At most ``most`` evenly spaced rows and columns of ``matrix``: a rank-one matrix stays rank one, a benign
+    one keeps its spread, and a huge received layer cannot make the SVD expensive."""
+    for dim in (0, 1):
+        if matrix.shape[dim] > most:
+            matrix = matrix.index_select(dim, torch.linspace(0, matrix.shape[dim] - 1, most).long())
+    return matrix
+
+
 def check_imprint_rows(candidate: StateDict, key: str) -> Finding | None:
     """Robbing the Fed's rows: the nonzero rows of a linear weight near copies of one direction (second
     singular value s2 ≪ s1), with the biases in sorted order (increasing bin offsets)."""
@@ -306,7 +318,7 @@ def check_imprint_rows(candidate: StateDict, key: str) -> Finding | None:
     rows = weight[norms > 1e-12 * norms.max()]
     if min(rows.shape) < 2:
         return None
-    singular = torch.linalg.svdvals(rows)
+    singular = torch.linalg.svdvals(_evenly_sampled(rows))
     ratio = float(singular[1] / singular[0])
     bias = _bias(candidate, key)
     order = ""
