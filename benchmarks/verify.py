@@ -7,7 +7,8 @@ Benign models (all 1-channel 28 px, 10 classes, Fashion-MNIST's shape, unless st
 * random inits of every victim in ``MODELS`` at a small width with three seeds, plus option variants
   (convnet with GroupNorm, LeNet-5 with ReLU, a two-layer MLP, a 3-channel 32 px convnet and DLG LeNet, the
   full-width convnet and ResNet-18);
-* models trained on the Fashion-MNIST train split for ``--steps`` SGD steps (batch 64, lr 0.05, momentum 0.9);
+* models trained on the Fashion-MNIST train split for ``--steps`` SGD steps (batch 64, lr 0.05, momentum 0.9),
+  some with weight decay 5e-3 or with Adam (lr 1e-3) instead;
 * models after five FedAvg rounds (4 clients of 64 images, 2 local epochs, local batch 16, lr 0.05);
 * trained models fine-tuned for ``--steps`` // 2 steps on two classes only (a label-skewed client), and at
   lr 0.2 and 0.5 on all classes (4× and 10× the training rate; at 0.5 the ReLU MLP and LeNet-5 diverge to
@@ -115,10 +116,15 @@ def build(spec: dict[str, Any], seed: int) -> nn.Module:
 
 
 def sgd(model: nn.Module, data: Fashion, *, steps: int, lr: float, seed: int,
-        classes: tuple[int, ...] | None = None) -> nn.Module:
-    """``steps`` SGD steps (batch 64, momentum 0.9, mean cross-entropy) on the train split, in place."""
+        classes: tuple[int, ...] | None = None, adam: bool = False, weight_decay: float = 0.0) -> nn.Module:
+    """``steps`` SGD steps (batch 64, momentum 0.9, mean cross-entropy; Adam with ``adam``) on the train
+    split, in place."""
     gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    optimizer: torch.optim.Optimizer
+    if adam:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     model.train()
     for _ in range(steps):
         x, y = data.batch(gen, 64, classes)
@@ -159,6 +165,11 @@ def benign(data: Fashion, steps: int) -> Iterator[Case]:
         model = sgd(build(spec, 0), data, steps=steps, lr=lr, seed=1)
         trained[spec["name"] + spec.get("activation", "") + str(spec.get("layers", ""))] = (model, spec)
         yield Case("benign", "trained", label(spec), f"steps={steps}", model, spec)
+    for spec in [spec_of("mlp"), spec_of("lenet5", activation="relu"), spec_of("convnet")]:
+        model = sgd(build(spec, 1), data, steps=steps, lr=1e-3, seed=6, adam=True)
+        yield Case("benign", "trained", label(spec), f"adam,steps={steps}", model, spec)
+        model = sgd(build(spec, 2), data, steps=steps, lr=0.05, seed=7, weight_decay=5e-3)
+        yield Case("benign", "trained", label(spec), f"weight_decay=5e-3,steps={steps}", model, spec)
     for spec in [spec_of("mlp"), spec_of("lenet5", activation="relu"), spec_of("convnet")]:
         yield Case("benign", "fedavg", label(spec), "rounds=5",
                    fedavg(build(spec, 3), data, rounds=5, clients=4, seed=2), spec)

@@ -188,10 +188,10 @@ def test_the_registered_trap_weights_are_detected(rate):
 
 @pytest.mark.skipif("fishing" not in ATTACKS, reason="the fishing attack is not registered yet")
 @pytest.mark.parametrize("name", ["convnet", "mlp"])
-def test_the_registered_fishing_head_is_detected(name):
-    public = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    context = ServerContext(image_shape=(1, 28, 28), num_classes=10, normalization=((0.286,), (0.353,)),
-                            public=public)
-    sent = ATTACKS.build("fishing", device="cpu").modify_model(build(name), context)
+@pytest.mark.parametrize("magnitude", [5.0, 100.0])
+def test_the_registered_fishing_head_is_detected(name, magnitude):
+    context = ServerContext(image_shape=(1, 28, 28), num_classes=10, normalization=((0.286,), (0.353,)))
+    sent = ATTACKS.build("fishing", magnitude=magnitude, device="cpu").modify_model(build(name), context)
     verdict = verify_model(sent.state_dict(), spec(name))
-    assert "classifier_rows" in verdict.failed_checks or "classifier_bias" in verdict.failed_checks
+    assert set(verdict.failed_checks) == {"classifier_rows", "classifier_bias"}
+    assert finding(verdict, "classifier_bias").value > 3 * BIAS_SPREAD_MAX
