@@ -313,8 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         group = [(r, v) for r, (_, v) in zip([r for r in rows if r["kind"] == "malicious"], verdicts["malicious"],
                                              strict=True) if r["name"].split("/")[0] == name]
         weakest = min(max((closeness(f) for f in v.failed), default=0.0) for _, v in group)
+        per_check: dict[str, list[float]] = {}
+        for _, v in group:
+            for f in v.failed:
+                per_check.setdefault(f.check, []).append(closeness(f))
+        checks = ", ".join(f"{c} {len(x)}× (min closeness {min(x):.3g})" for c, x in sorted(per_check.items()))
         print(f"  {name:<20} detected {sum(r['suspicious'] for r, _ in group)}/{len(group)}"
-              f"  (weakest detection: its most failed check at closeness {weakest:.3g})")
+              f" (weakest: most failed check at closeness {weakest:.3g}); {checks}")
     print("benign extremes per check (value closest to the threshold, over all benign models):")
     for check, (f, where) in sorted(benign_extremes(verdicts["benign"]).items()):
         print(f"  {check:<16} value {f.value:<10.4g} threshold {f.threshold:<10.4g} closeness {closeness(f):.3f}"
