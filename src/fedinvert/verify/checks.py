@@ -43,7 +43,7 @@ about the row's median (so the location drift that training gives whole rows can
 rows; a trap gives every row the same skew, so that median is large next to the rows' spread. The check fails
 when |median| / standard deviation over rows exceeds this (and the ratio leaves ``TRAP_RATIO_FLOOR``).
 Benign maximum measured: 0.63 (a two-layer MLP fine-tuned at lr 0.5 to chance accuracy: ratio 1.22, but rows
-that disagree); the registered ``trap_weights`` at rate 0.1: 3.2–3.7, hand-built traps at factor 1.2: ≥ 4."""
+that disagree); the registered ``trap_weights`` at rate 0.1: 3.2–3.7, hand-built traps at factor 1.2: ≥ 3.5."""
 
 TRAP_RATIO_FLOOR = 1.05
 """``trap_weights``: a median ratio within 1/1.05–1.05 passes however consistent (a negligible skew)."""
