@@ -13,17 +13,17 @@ the evaluation's matching (Hungarian on MSE). Printed per cell: the recovered co
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 
 import torch
 from _stats import t_interval
-from imprint import PUBLIC_COUNT, photo_tiles
+from _tables import write_csv
+from imprint import PUBLIC_COUNT, draw, photo_tiles
 
 from fedinvert.attacks import ATTACKS
 from fedinvert.attacks.base import ServerContext
-from fedinvert.data import load_batch, public_images
+from fedinvert.data import public_images
 from fedinvert.fl import FedSGDClient
 from fedinvert.metrics import match, psnr_per_image
 from fedinvert.models import build_model
@@ -69,13 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                                ("16/B", min(0.5, 16 / size))):
                 counts = []
                 for seed in range(args.repeats):
-                    if data == "fashion-mnist":
-                        images = load_batch("fashion-mnist", batch_size=size, image_size=28, channels=1,
-                                            seed=seed).images
-                        public = fashion_public
-                    else:
-                        order = torch.randperm(len(tiles), generator=torch.Generator().manual_seed(seed))
-                        images, public = tiles[order[:size]], tiles[order[size:]]
+                    images, public = draw(data, size, seed, tiles=tiles, fashion_public=fashion_public)
                     counts.append(recovered(images, public, rate=rate, hidden=args.hidden, seed=seed))
                 ci = t_interval([float(c) for c in counts])
                 rows.append({"data": data, "B": size, "rate": name, "hidden": args.hidden, "repeats": args.repeats,
@@ -87,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['recovered']:32} {r['recovered_mean']:6.2f} ± {r['recovered_ci95']:5.2f}  min"
                       f" {r['recovered_min']:3d}  share {r['share']:.2f}", flush=True)
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(rows, args.csv)
     print(f"{time.perf_counter() - t0:.0f} s in all")
     return 0
 
