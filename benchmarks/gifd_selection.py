@@ -17,6 +17,10 @@ paired differences on the same batches against the official rule and against GIF
     python benchmarks/gifd_selection.py            # 3 settings × 4 cells × 8 batches: ~30 min on 1 core
     python benchmarks/gifd_selection.py --full     # 1000 steps a stage × 4 restarts (GIFD-z 5000 × 4); GPU-sized
     python benchmarks/gifd_selection.py --smoke    # every path, 2 batches, tiny budgets
+    python benchmarks/gifd_selection.py --settings id-fashion --batch-size 4 --baselines \
+        --csv benchmarks/results/gifd_selection_b4.csv   # B = 4, with IG (600 × 1) and GGL (CMA-ES 60 × 10)
+
+``--baselines`` adds Inverting Gradients and GGL at the same 600 gradient evaluations.
 """
 
 from __future__ import annotations
@@ -39,17 +43,24 @@ SETTINGS: dict[str, list[str]] = {
     "ood-face-lfw": ["preset=ood-face-lfw"],
     "photos": ["dataset=photos", "prior=face-dcgan"],
 }
-COMMON = ["batch_size=1", "dataset.unique_labels=true", "model=convnet", "model.width=0.5", "attack.compile=false",
+COMMON = ["dataset.unique_labels=true", "model=convnet", "model.width=0.5", "attack.compile=false",
           "progress=false", "device=cpu"]
 
 
-def cells_for(size: str, stages: int) -> list[tuple[str, list[str], str]]:
+def cells_for(size: str, stages: int, baselines: bool = False) -> list[tuple[str, list[str], str]]:
     steps, restarts = BUDGETS[size]
+    total = steps * stages * restarts
     out = [(f"gifd {rule}", ["attack=gifd", f"attack.selection={rule}", f"attack.steps_per_stage={steps}",
                              f"attack.restarts={restarts}"], f"{stages} stages × {steps} × {restarts}")
            for rule in RULES]
     out.append(("gifd-z", ["attack=gifd-z", f"attack.steps_per_stage={steps * stages}", f"attack.restarts={restarts}"],
                 f"{steps * stages} × {restarts}"))
+    if baselines:
+        population = 10 if total >= 20 else 2
+        out.append(("inverting_gradients", ["attack=inverting_gradients", f"attack.iterations={total}",
+                                            "attack.restarts=1"], f"{total} × 1"))
+        out.append(("ggl", ["attack=ggl", f"attack.iterations={total // population}", f"attack.population={population}"],
+                    f"CMA-ES {total // population} × {population}"))
     return out
 
 
@@ -57,6 +68,8 @@ def main() -> None:
     parser = sized_parser(__doc__, csv="benchmarks/results/gifd_selection.csv",
                           full_help="1000 steps a stage × 4 restarts", smoke_help="2 batches, tiny budgets")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {', '.join(SETTINGS)}")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per private batch")
+    parser.add_argument("--baselines", action="store_true", help="add Inverting Gradients and GGL at the same budget")
     parser.add_argument("--seed", type=int, default=0, help="seeds the batch layout; batch k runs with seed+k")
     args, size = parse_sized(parser)
     n_batches = 2 if size == "smoke" else 8
@@ -68,13 +81,13 @@ def main() -> None:
     for setting in args.settings.split(","):
         if setting not in SETTINGS:
             raise SystemExit(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
-        base = [*SETTINGS[setting], *COMMON, f"image_size={image_size}"]
+        base = [*SETTINGS[setting], *COMMON, f"image_size={image_size}", f"batch_size={args.batch_size}"]
         data = resolve_config([*base, "attack=gifd"])["dataset"]
-        layout = batch_indices(data["name"], split=data.get("split"), n_batches=n_batches, per_batch=1,
+        layout = batch_indices(data["name"], split=data.get("split"), n_batches=n_batches, per_batch=args.batch_size,
                                seed=args.seed, unique_labels=True)
         stages = PRIORS.build(resolve_config([*base, "attack=gifd"])["prior"]["name"]).num_stages
         rows_of: dict[str, list[dict[str, Any]]] = {}
-        for name, extra, budget in cells_for(size, stages):
+        for name, extra, budget in cells_for(size, stages, args.baselines):
             labels = {"setting": setting, "attack": name, "budget": budget}
 
             def stage_of(result: Any, _: int) -> dict[str, Any]:
@@ -90,7 +103,11 @@ def main() -> None:
         for a, b in [("gifd held_out", "gifd least_distance"), ("gifd agreement", "gifd least_distance"),
                      ("gifd least_distance", "gifd-z"), ("gifd held_out", "gifd-z"), ("gifd agreement", "gifd-z")]:
             pairs.append({"setting": setting, "difference": pair_label(a, b), **paired(rows_of[a], rows_of[b])})
-    print(f"\nGIFD stage selection, B = 1, {image_size} px, half-width ConvNet, labels inferred; mean ± 95 % over"
+        for other in ("inverting_gradients", "ggl"):
+            if other in rows_of:
+                pairs.append({"setting": setting, "difference": pair_label("gifd least_distance", other),
+                              **paired(rows_of["gifd least_distance"], rows_of[other])})
+    print(f"\nGIFD stage selection, B = {args.batch_size}, {image_size} px, half-width ConvNet, labels inferred; mean ± 95 % over"
           f" {n_batches} private batches; ref = no-leak reference PSNR")
     print_cells(cells, ("setting", "attack", "budget"))
     for c in cells:
