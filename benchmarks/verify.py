@@ -18,7 +18,7 @@ The CSV's ``test_accuracy`` (first 2,000 test images) shows how far each trained
 
 Malicious models: every registered attack that requires MALICIOUS_MODEL, built through its own
 ``modify_model`` at several strengths (``imprint``: bins 10/100/1000 × scale 1e-3/0.1; ``trap_weights``:
-``rate``; ``fishing``: ``magnitude``; any other such attack at its defaults), on the victims it supports,
+``rate`` 0.01–0.5; ``fishing``: ``magnitude`` 5–100; any other such attack at its defaults), on the victims it supports,
 untrained and trained; and hand-built trap weights and fishing heads from the papers' descriptions (so the
 detectors are tested even where the registered attacks choose other parameters).
 
@@ -56,7 +56,7 @@ SHAPE = {"in_channels": 1, "num_classes": 10, "image_size": 28}
 SMALL = {"convnet": {"width": 0.25}, "resnet18": {"width": 0.25}, "resnet18-imagenet": {"width": 0.25},
          "resnet34": {"width": 0.25}}
 STRENGTHS: dict[str, tuple[str, tuple[float, ...]]] = {
-    "trap_weights": ("rate", (0.01, 0.05, 0.1)),
+    "trap_weights": ("rate", (0.01, 0.05, 0.1, 0.25, 0.5)),  # the default 4/B: 0.25 at B = 16, 0.5 at B ≤ 8
     "fishing": ("magnitude", (5.0, 20.0, 100.0)),
 }
 

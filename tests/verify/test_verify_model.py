@@ -180,7 +180,7 @@ def test_the_registered_trap_weights_are_detected(rate):
                             public=public)
     sent = ATTACKS.build("trap_weights", rate=rate, device="cpu").modify_model(build("mlp"), context)
     verdict = verify_model(sent.state_dict(), spec("mlp"))
-    assert verdict.failed_checks == ("trap_weights",)
+    assert verdict.failed_checks == ("trap_weights", "bias_scale")
     # measured here: effect 3.3 at rate 0.01 (scale 1.16), 1.75 at rate 0.1 (scale 1.08; on noise images
     # the scale is smaller than on Fashion-MNIST, where rate 0.1 gives 3.2–3.7)
     assert finding(verdict, "trap_weights").value > 1.5
@@ -195,3 +195,20 @@ def test_the_registered_fishing_head_is_detected(name, magnitude):
     verdict = verify_model(sent.state_dict(), spec(name))
     assert set(verdict.failed_checks) == {"classifier_rows", "classifier_bias"}
     assert finding(verdict, "classifier_bias").value > 3 * BIAS_SPREAD_MAX
+
+
+def test_a_trap_at_rate_one_half_is_caught_by_its_biases():
+    # rows that fire for half the inputs are hardly skewed (ratio ≈ 1); their thresholds still sit in the data
+    public = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    context = ServerContext(image_shape=(1, 28, 28), num_classes=10, normalization=((0.286,), (0.353,)),
+                            public=public)
+    sent = ATTACKS.build("trap_weights", rate=0.5, device="cpu").modify_model(build("mlp"), context)
+    verdict = verify_model(sent.state_dict(), spec("mlp"))
+    assert verdict.failed_checks == ("bias_scale",)
+    scale = finding(verdict, "bias_scale")
+    assert scale.layer == "layers.fc1.bias" and scale.value > 1.5 * scale.threshold
+
+
+def test_the_bias_scale_of_an_init_is_one_over_the_root_of_the_fan_in():
+    found = finding(verify_model(build("mlp", seed=3), spec("mlp")), "bias_scale")
+    assert found.passed and found.value == pytest.approx(1 / 28, rel=0.1) and found.threshold == 0.25

@@ -56,6 +56,14 @@ layers of trained ReLU networks drift further, to 77 %, which is why only the fi
 SIGN_Z = 8.0
 """``sign_balance``: ... or by this many binomial standard errors 0.5/sqrt(entries), whichever is larger."""
 
+BIAS_SCALE_MAX = 0.25
+"""``bias_scale``: the first linear layer's RMS bias over its rows' typical response to unit-scale inputs,
+RMS(W)·sqrt(fan-in). A row that fires for a chosen share of the data needs its threshold inside the data's
+response distribution (trap weights fold the normalisation into the bias, b = W·mean); PyTorch's init gives
+exactly 1/sqrt(fan-in) and training keeps it small. Allowed: max(this, 4/sqrt(fan-in)). Benign maximum
+measured: 0.104 (LeNet-5's first linear layer fine-tuned at lr 0.2); the registered ``trap_weights``: 0.43 at
+rate 0.5 (where its rows are hardly skewed), 1.7 at rate 0.1."""
+
 ROW_RATIO_MIN = 0.1
 """``classifier_rows``: the smallest classifier row norm must be at least this fraction of the largest.
 Benign minimum measured: 0.32 (a LeNet-5 head fine-tuned at lr 0.5); fishing's zeroed rows: 0."""
@@ -345,7 +353,8 @@ def _magnitude_ratio(weight: Tensor) -> Tensor:
 def check_trap_weights(candidate: StateDict, key: str) -> list[Finding]:
     """Trap weights (Boenisch et al.) in the first linear layer: rows whose negative entries are consistently
     larger in magnitude than the positive ones (``trap_weights``; benign ≈ 1, measured about each row's
-    median), or a layer whose entries are mostly negative (``sign_balance``; benign ≈ 1/2)."""
+    median), biases that set each row's threshold inside the data's responses (``bias_scale``), or a layer
+    whose entries are mostly negative (``sign_balance``; benign ≈ 1/2)."""
     weight = candidate[key].double()
     if weight.shape[1] < MIN_TRAP_FAN_IN or not bool(torch.isfinite(weight).all()):
         return []
@@ -363,6 +372,16 @@ def check_trap_weights(candidate: StateDict, key: str) -> list[Finding]:
             f" or a ratio within 1/{TRAP_RATIO_FLOOR}–{TRAP_RATIO_FLOOR})"
         )
         findings.append(Finding("trap_weights", passed, reason, effect, TRAP_EFFECT_MAX, key))
+    bias = _bias(candidate, key)
+    response = float(weight.pow(2).mean().sqrt()) * math.sqrt(weight.shape[1])
+    if bias is not None and bool(torch.isfinite(bias).all()) and response > 0:
+        scale = float(bias.pow(2).mean().sqrt()) / response
+        allowed = max(BIAS_SCALE_MAX, 4 / math.sqrt(weight.shape[1]))
+        reason = (
+            f"RMS bias {scale:.3g} × the rows' response scale RMS(W)·sqrt(fan-in) = {response:.3g}"
+            f" (init: 1/sqrt(fan-in) = {1 / math.sqrt(weight.shape[1]):.3g}; allowed {allowed:.3g})"
+        )
+        findings.append(Finding("bias_scale", scale <= allowed, reason, scale, allowed, key[: -len("weight")] + "bias"))
     signed = int((weight != 0).sum())
     if signed:
         share = float((weight < 0).sum()) / signed

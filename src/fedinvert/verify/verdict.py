@@ -11,7 +11,7 @@ class Finding:
 
     Attributes:
         check: the check's name (``architecture``, ``non_finite``, ``input_linear``, ``imprint_rows``,
-            ``trap_weights``, ``sign_balance``, ``classifier_rows``, ``classifier_bias``).
+            ``trap_weights``, ``bias_scale``, ``sign_balance``, ``classifier_rows``, ``classifier_bias``).
         passed: False when the model looks modified in the way this check tests for.
         reason: one line saying what was measured and why it passes or fails.
         value: the measured number (its meaning is stated in ``reason``).
