@@ -67,6 +67,21 @@ def test_the_sent_model_of_an_imprint_run_is_detected(tmp_path, capsys):
     assert "FAIL imprint_rows [imprint.encoder.weight]: s2/s1 = " in printed
 
 
+def test_the_sent_model_of_a_trap_weights_run_is_detected(tmp_path, capsys):
+    # at B = 2 the attack's default rate is 0.5: rows hardly skewed, thresholds folded into the biases
+    out = tmp_path / "run"
+    args = ["attack=trap_weights", "model=mlp", "dataset=synthetic", "image_size=16", "batch_size=2", "device=cpu",
+            "progress=false", "seed=0", "threat.server=malicious", f"out={out}"]
+    assert main(["attack", *args]) == 0
+    capsys.readouterr()
+    code = main(["verify-model", str(out / "sent_model.safetensors"), "model=mlp", "image_size=16", "channels=3",
+                 "num_classes=10"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL bias_scale [layers.fc1.bias]: RMS bias 0.497 ×" in printed  # measured; benign ≤ 0.104
+    assert printed.strip().splitlines()[-1] == "SUSPICIOUS: 1 of 9 findings failed (bias_scale)"
+
+
 def _corrupt(tmp_path):
     path = tmp_path / "corrupt.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
