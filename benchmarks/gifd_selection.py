@@ -6,7 +6,10 @@ inferred, through the runner):
 
 * ``id-fashion``: Fashion-MNIST test images with our ``fashion`` prior (the prior's own domain);
 * ``ood-face-lfw``: real LFW faces with the face DCGAN (near its domain);
-* ``photos``: the bundled colour photos with the face DCGAN (out of distribution).
+* ``photos``: the bundled colour photos with the face DCGAN (out of distribution);
+* ``samples-fashion``, ``samples-face``: images the prior itself generated (``--settings`` opt-in; written at
+  32 px to a temporary image folder, 4 per class of the fashion prior, 24 of the face DCGAN over 10 labels) — the most
+  favourable case for GIFD, where an exact latent exists.
 
 Cells: GIFD with ``attack.selection`` = ``least_distance`` (official), ``held_out`` (10 % of the update's
 coordinates never optimised; the stage with the least distance on them is returned) and ``agreement`` (the
@@ -25,14 +28,40 @@ paired differences on the same batches against the official rule and against GIF
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 from _stats import batch_indices, pair_label, paired, run_cell, summarize
 from _tables import companion, parse_sized, print_cells, print_pairs, sized_parser, write_csv
+from PIL import Image
 
 from fedinvert.config import resolve_config
 from fedinvert.priors import PRIORS
+
+
+def write_samples(prior_name: str, root: Path, *, size: int, seed: int = 0) -> list[str]:
+    """Samples of ``prior_name`` as PNG files in class folders under ``root`` (``size`` px); the overrides that
+    load them as the private data set."""
+    prior = PRIORS.build(prior_name).freeze()
+    g = torch.Generator().manual_seed(seed)
+    # 4 samples of each of the fashion prior's classes; the unconditional face prior's 24 samples spread over
+    # 10 arbitrary class folders (the victim's labels; GIFD infers them from the update)
+    labels = torch.arange(40) // 4 if prior.is_conditional else torch.arange(24) % 10
+    with torch.no_grad():
+        images = prior(prior.sample_latent(len(labels), generator=g),
+                       prior.condition(labels) if prior.is_conditional else None)
+    images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+    for i, (image, label) in enumerate(zip(images, labels.tolist(), strict=True)):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (image.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(folder / f"{i:03d}.png")
+    return ["dataset=folder", f"dataset.root={root}", f"channels={images.shape[1]}", f"prior={prior_name}"]
 
 RULES = ("least_distance", "held_out", "agreement")
 #: size -> (GIFD steps a stage, restarts); GIFD-z gets stages × steps in its one stage
@@ -43,6 +72,8 @@ SETTINGS: dict[str, list[str]] = {
     "ood-face-lfw": ["preset=ood-face-lfw"],
     "photos": ["dataset=photos", "prior=face-dcgan"],
 }
+#: opt-in settings whose private images are samples of the prior: setting -> prior
+SAMPLE_SETTINGS = {"samples-fashion": "fashion", "samples-face": "face-dcgan"}
 COMMON = ["dataset.unique_labels=true", "model=convnet", "model.width=0.5", "attack.compile=false",
           "progress=false", "device=cpu"]
 
@@ -78,13 +109,16 @@ def main() -> None:
     pairs: list[dict[str, Any]] = []
     raw: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    scratch = tempfile.TemporaryDirectory(prefix="gifd_selection_")
     for setting in args.settings.split(","):
+        if setting in SAMPLE_SETTINGS:
+            SETTINGS[setting] = write_samples(SAMPLE_SETTINGS[setting], Path(scratch.name) / setting, size=image_size)
         if setting not in SETTINGS:
-            raise SystemExit(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
+            raise SystemExit(f"unknown setting {setting!r}; choose from {', '.join([*SETTINGS, *SAMPLE_SETTINGS])}")
         base = [*SETTINGS[setting], *COMMON, f"image_size={image_size}", f"batch_size={args.batch_size}"]
         data = resolve_config([*base, "attack=gifd"])["dataset"]
         layout = batch_indices(data["name"], split=data.get("split"), n_batches=n_batches, per_batch=args.batch_size,
-                               seed=args.seed, unique_labels=True)
+                               seed=args.seed, unique_labels=True, root=data.get("root"))
         stages = PRIORS.build(resolve_config([*base, "attack=gifd"])["prior"]["name"]).num_stages
         rows_of: dict[str, list[dict[str, Any]]] = {}
         for name, extra, budget in cells_for(size, stages, args.baselines):
