@@ -32,12 +32,21 @@ CANDIDATES: dict[str, dict[str, list[str]]] = {
 }
 
 
+def setting_overrides(setting: str, batch_size: int, image_size: int, attack: str, budget: list[str]) -> list[str]:
+    """gen_gia's overrides for ``setting``; id-fashion swaps in Fashion-MNIST's test split and the fashion prior."""
+    if setting != "id-fashion":
+        return overrides(setting, batch_size, image_size, attack, budget)
+    return [*overrides("photos", batch_size, image_size, attack, budget), "dataset=fashion-mnist", "dataset.split=test",
+            "channels=1", "prior=fashion"]
+
+
 def main() -> None:
     parser = sized_parser(__doc__, csv="benchmarks/results/generative_defaults.csv",
                           full_help="the same candidates on 16 batches", smoke_help="2 batches, tiny budgets")
     parser.add_argument("--attacks", default=",".join(CANDIDATES), help="comma-separated subset of gifd, ggl, gias")
     parser.add_argument("--candidates", default=None, help="comma-separated subset of the candidates (with defaults)")
-    parser.add_argument("--setting", default="photos", choices=("photos", "lfw"), help="gen_gia's setting")
+    parser.add_argument("--setting", default="photos", choices=("photos", "lfw", "id-fashion"),
+                        help="gen_gia's setting, or id-fashion (Fashion-MNIST test images, our fashion prior)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per private batch")
     parser.add_argument("--seed", type=int, default=0, help="seeds the batch layout; batch k runs with seed+k")
     args, size = parse_sized(parser)
@@ -45,7 +54,8 @@ def main() -> None:
     n_batches = {"default": 8, "full": 16, "smoke": 2}[size]
     image_size = 16 if size == "smoke" else 32
     plan = SMOKE_BUDGETS if size == "smoke" else DEFAULT_BUDGETS
-    layout = batch_indices(args.setting, n_batches=n_batches, per_batch=args.batch_size, seed=args.seed,
+    dataset, split = ("fashion-mnist", "test") if args.setting == "id-fashion" else (args.setting, None)
+    layout = batch_indices(dataset, split=split, n_batches=n_batches, per_batch=args.batch_size, seed=args.seed,
                            unique_labels=True)
     cells: list[dict[str, Any]] = []
     pairs: list[dict[str, Any]] = []
@@ -60,8 +70,8 @@ def main() -> None:
             if only is not None and name not in only:
                 continue
             labels = {"attack": attack, "candidate": name, "budget": budget}
-            rows = run_cell([*overrides(args.setting, args.batch_size, image_size, attack, budget_overrides), *extra], layout,
-                            seed=args.seed)
+            rows = run_cell([*setting_overrides(args.setting, args.batch_size, image_size, attack, budget_overrides),
+                             *extra], layout, seed=args.seed)
             rows_of[name] = rows
             cells.append({**labels, **summarize(rows)})
             raw.extend({**labels, **r} for r in rows)
@@ -69,7 +79,9 @@ def main() -> None:
                   f" ± {cells[-1]['psnr_ci95']:.2f} (leak {cells[-1]['leakage_db']:+.2f})", flush=True)
             if name != "defaults":
                 pairs.append({"attack": attack, "difference": f"{name} − defaults", **paired(rows, rows_of["defaults"])})
-    print(f"\nGeneration-based attacks' keywords, {args.setting} B = {args.batch_size}, {image_size} px, face-dcgan prior; mean ± 95 % over"
+    prior = "fashion" if args.setting == "id-fashion" else "face-dcgan"
+    print(f"\nGeneration-based attacks' keywords, {args.setting} B = {args.batch_size}, {image_size} px, {prior} prior;"
+          " mean ± 95 % over"
           f" {n_batches} private batches; ref = no-leak reference PSNR")
     print_cells(cells, ("attack", "candidate", "budget"))
     print("\nPaired differences in PSNR on the same batches (a − b)")
