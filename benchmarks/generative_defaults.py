@@ -8,7 +8,7 @@ PSNR and leakage over the no-leak reference (mean ± 95 % interval over the batc
 to the attack's current defaults on the same batches. A default is changed only where a candidate's paired
 interval excludes zero.
 
-    python benchmarks/generative_defaults.py                 # GIFD, GGL, GIAS, 3 candidates each: ~30 min on 1 core
+    python benchmarks/generative_defaults.py                 # GIFD, GIFD-z, GGL, GIAS: ~35 min on 1 core
     python benchmarks/generative_defaults.py --attacks ggl   # one attack
     python benchmarks/generative_defaults.py --attacks gifd --candidates defaults,lr=0.3 --setting lfw --batch-size 4
                                                              # a candidate re-checked on gen_gia's LFW B = 4 cell
@@ -27,6 +27,7 @@ from gen_gia import DEFAULT_BUDGETS, SMOKE_BUDGETS, overrides
 #: attack -> candidate name -> keyword overrides ("defaults" = the attack's own defaults)
 CANDIDATES: dict[str, dict[str, list[str]]] = {
     "gifd": {"defaults": [], "lr=0.03": ["attack.lr=0.03"], "lr=0.3": ["attack.lr=0.3"]},
+    "gifd-z": {"defaults": [], "lr=0.3": ["attack.lr=0.3"]},
     "ggl": {"defaults": [], "sigma=0.5": ["attack.sigma=0.5"], "kld=0": ["attack.kld=0.0"]},
     "gias": {"defaults": [], "lr=0.1": ["attack.lr=0.1"], "finetune_lr=0.01": ["attack.finetune_lr=0.01"]},
 }
@@ -43,7 +44,7 @@ def setting_overrides(setting: str, batch_size: int, image_size: int, attack: st
 def main() -> None:
     parser = sized_parser(__doc__, csv="benchmarks/results/generative_defaults.csv",
                           full_help="the same candidates on 16 batches", smoke_help="2 batches, tiny budgets")
-    parser.add_argument("--attacks", default=",".join(CANDIDATES), help="comma-separated subset of gifd, ggl, gias")
+    parser.add_argument("--attacks", default=",".join(CANDIDATES), help="comma-separated subset of gifd, gifd-z, ggl, gias")
     parser.add_argument("--candidates", default=None, help="comma-separated subset of the candidates (with defaults)")
     parser.add_argument("--setting", default="photos", choices=("photos", "lfw", "id-fashion"),
                         help="gen_gia's setting, or id-fashion (Fashion-MNIST test images, our fashion prior)")
