@@ -112,10 +112,12 @@ def main() -> None:
     scratch = tempfile.TemporaryDirectory(prefix="gifd_selection_")
     for setting in args.settings.split(","):
         if setting in SAMPLE_SETTINGS:
-            SETTINGS[setting] = write_samples(SAMPLE_SETTINGS[setting], Path(scratch.name) / setting, size=image_size)
-        if setting not in SETTINGS:
+            data_overrides = write_samples(SAMPLE_SETTINGS[setting], Path(scratch.name) / setting, size=image_size)
+        elif setting in SETTINGS:
+            data_overrides = SETTINGS[setting]
+        else:
             raise SystemExit(f"unknown setting {setting!r}; choose from {', '.join([*SETTINGS, *SAMPLE_SETTINGS])}")
-        base = [*SETTINGS[setting], *COMMON, f"image_size={image_size}", f"batch_size={args.batch_size}"]
+        base = [*data_overrides, *COMMON, f"image_size={image_size}", f"batch_size={args.batch_size}"]
         data = resolve_config([*base, "attack=gifd"])["dataset"]
         layout = batch_indices(data["name"], split=data.get("split"), n_batches=n_batches, per_batch=args.batch_size,
                                seed=args.seed, unique_labels=True, root=data.get("root"))

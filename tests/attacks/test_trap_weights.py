@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedinvert.attacks import ATTACKS
-from fedinvert.attacks.analytic import first_linear, trap_matrix
+from fedinvert.attacks.analytic import trap_layer, trap_matrix
 from fedinvert.attacks.base import ServerContext
 from fedinvert.config import resolve_config
 from fedinvert.errors import ConfigError, ObservationError
@@ -52,7 +52,7 @@ def test_architecture_is_unchanged_and_the_normalisation_is_folded_in():
     assert torch.equal(sent.state_dict()["layers.head.weight"], victim.state_dict()["layers.head.weight"])
     raw_weight, _ = trap_matrix(public, 64, rate=0.1, seed=0)
     x = torch.rand(3, 1, 8, 8)
-    _, layer = first_linear(sent)
+    _, layer = trap_layer(sent, (1, 8, 8))
     response = layer(((x - 0.5) / 0.25).flatten(1))
     assert torch.allclose(response.double(), x.flatten(1).double() @ raw_weight.T, atol=1e-4)
     assert attack.target_rate(_context(public, 20)) == 0.1  # an explicit rate wins

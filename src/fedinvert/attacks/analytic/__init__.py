@@ -5,10 +5,18 @@ isolated one sample (fishing). Importing registers them."""
 from fedinvert.attacks.analytic import fishing, imprint, linear_leakage, trap_weights  # noqa: F401  (registration)
 from fedinvert.attacks.analytic.fishing import Fishing, classifier
 from fedinvert.attacks.analytic.imprint import Imprint, ImprintBlock, ImprintedModel, brightness_offsets
-from fedinvert.attacks.analytic.linear_leakage import LinearLeakage, linear_layer_input, unique_label_features
-from fedinvert.attacks.analytic.trap_weights import TrapWeights, first_linear, trap_matrix
+from fedinvert.attacks.analytic.linear_leakage import (
+    LinearLeakage,
+    image_layer,
+    linear_layer_input,
+    padded_images,
+    signal_rows,
+    unique_label_features,
+)
+from fedinvert.attacks.analytic.trap_weights import TrapWeights, trap_layer, trap_matrix
 
 __all__ = [
     "Fishing", "Imprint", "ImprintBlock", "ImprintedModel", "LinearLeakage", "TrapWeights", "brightness_offsets",
-    "classifier", "linear_layer_input", "first_linear", "trap_matrix", "unique_label_features",
+    "classifier", "image_layer", "linear_layer_input", "padded_images", "signal_rows", "trap_layer", "trap_matrix",
+    "unique_label_features",
 ]

@@ -21,6 +21,7 @@ import math
 import torch
 from torch import nn
 
+from fedinvert.attacks.analytic.linear_leakage import padded_images
 from fedinvert.attacks.base import ATTACKS, Attack, ServerContext, batch_size_of
 from fedinvert.errors import ConfigError, ObservationError
 from fedinvert.observation import Capability, Observation, Reconstruction
@@ -115,9 +116,9 @@ class Fishing(Attack):
             local_training=obs.local_training, defenses=obs.defenses, loss=obs.loss,
         )
         inner = self.inner.reconstruct(isolated, rng=rng, progress=progress)
-        rest = obs.denormalize(torch.zeros(size - 1, *obs.image_shape)).to(inner.images.device)
+        rest = padded_images(obs, torch.zeros(0), size - 1).to(inner.images.device)
         return Reconstruction(
-            images=torch.cat([inner.images[:1], rest]).clamp(0, 1),
+            images=torch.cat([inner.images[:1].clamp(0, 1), rest]),
             labels=None,
             score=inner.score,
             history=inner.history,

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from fedinvert.attacks.analytic.linear_leakage import padded_images, signal_rows
 from fedinvert.attacks.base import ATTACKS, Attack, ServerContext, batch_size_of
 from fedinvert.errors import ConfigError, ObservationError
 from fedinvert.models.imprint import ImprintBlock, ImprintedModel
@@ -108,13 +109,9 @@ class Imprint(Attack):
         gb = obs.update[f"{prefix}encoder.bias"].detach().cpu().double()
         dw = gw - torch.cat([gw[1:], torch.zeros_like(gw[:1])])
         db = gb - torch.cat([gb[1:], torch.zeros_like(gb[:1])])
-        scale = db.abs().max()
-        filled = (db.abs() > self.tolerance * scale).nonzero().flatten() if bool(scale > 0) else db.new_zeros(0).long()
+        filled = signal_rows(db, self.tolerance)
         strongest = filled[db[filled].abs().argsort(descending=True)[:size]]
-        inputs = torch.zeros(size, *obs.image_shape, dtype=torch.float64)
-        if len(strongest):
-            inputs[: len(strongest)] = (dw[strongest] / db[strongest, None]).view(-1, *obs.image_shape)
-        images = obs.denormalize(inputs.float()).clamp(0, 1)
+        images = padded_images(obs, dw[strongest] / db[strongest, None], size)
         return Reconstruction(
             images=images.to(self.device),
             labels=None,

@@ -27,6 +27,24 @@ def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     ]
 
 
+def signal_rows(bias_grad: Tensor, tolerance: float) -> Tensor:
+    """Indices of the rows whose |bias gradient| exceeds ``tolerance`` × the largest one: the rows some input
+    reached (ReLU-dead rows carry no signal). Empty when every bias gradient is zero."""
+    scale = bias_grad.abs().max()
+    if not bool(scale > 0):
+        return torch.zeros(0, dtype=torch.long, device=bias_grad.device)
+    return (bias_grad.abs() > tolerance * scale).nonzero().flatten()
+
+
+def padded_images(obs: Observation, found: Tensor, size: int) -> Tensor:
+    """``size`` images in [0, 1]: the ``found`` inputs (n ≤ size, in the victim's normalised space, any shape of
+    n · C·H·W values) first, then the normalisation mean — the guess that reads nothing — for the other slots."""
+    inputs = torch.zeros(size, *obs.image_shape, dtype=torch.float64)
+    if len(found):
+        inputs[: len(found)] = found.reshape(-1, *obs.image_shape)
+    return obs.denormalize(inputs.float()).clamp(0, 1)
+
+
 def linear_layer_input(weight_grad: Tensor, bias_grad: Tensor, *, tolerance: float = 1e-6) -> Tensor | None:
     """The input x of a linear layer that saw one sample, from its gradients dL/dW = g xᵀ and dL/db = g.
 
@@ -42,10 +60,9 @@ def linear_layer_input(weight_grad: Tensor, bias_grad: Tensor, *, tolerance: flo
     Returns:
         (in,) the recovered input, or None when every bias gradient is (near) zero.
     """
-    scale = bias_grad.abs().max()
-    if not bool(scale > 0):
+    rows = signal_rows(bias_grad, tolerance)
+    if not len(rows):
         return None
-    rows = bias_grad.abs() > tolerance * scale
     g = bias_grad[rows].double()
     return ((g @ weight_grad[rows].double()) / (g * g).sum()).to(weight_grad.dtype)
 
@@ -97,21 +114,22 @@ def unique_label_features(
     return features.to(weight_grad.dtype), residual, done
 
 
-def _image_layer(obs: Observation) -> str | None:
-    """The name of the linear layer that receives the flattened input image itself, if one does."""
-    probe = torch.randn((1, *obs.image_shape), generator=torch.Generator().manual_seed(0))
+def image_layer(model: nn.Module, image_shape: tuple[int, int, int]) -> str | None:
+    """The name of the linear layer that receives the flattened input image itself, if one does (found by
+    running one random (1, C, H, W) input through ``model`` and comparing each linear layer's input with it)."""
+    probe = torch.randn((1, *image_shape), generator=torch.Generator().manual_seed(0))
     seen: dict[str, Tensor] = {}
     handles = [
         m.register_forward_pre_hook(lambda _m, args, name=name: seen.setdefault(name, args[0].detach()))
-        for name, m in linear_layers(obs.model)
+        for name, m in linear_layers(model)
     ]
-    was_training = obs.model.training
+    was_training = model.training
     try:
-        obs.model.eval()
+        model.eval()
         with torch.no_grad():
-            obs.model(probe.to(next(obs.model.parameters()).device))
+            model(probe.to(next(model.parameters()).device))
     finally:
-        obs.model.train(was_training)
+        model.train(was_training)
         for h in handles:
             h.remove()
     flat = probe.flatten()
@@ -183,13 +201,10 @@ class LinearLeakage(Attack):
             )
             features[head_name], residuals[head_name] = h, residual
             steps += done
-        image_layer = _image_layer(obs)
-        recovered = image_layer is not None and image_layer in features
-        if image_layer is not None and image_layer in features:
-            inputs = features[image_layer].reshape(size, *obs.image_shape)
-        else:
-            inputs = torch.zeros(size, *obs.image_shape)
-        images = obs.denormalize(inputs.float()).clamp(0, 1)
+        first = image_layer(obs.model, obs.image_shape)
+        found = features.get(first) if first is not None else None
+        recovered = found is not None
+        images = padded_images(obs, torch.zeros(0) if found is None else found, size)
         score = max(residuals.values()) if residuals else float("inf")
         return Reconstruction(
             images=images.to(self.device),
@@ -197,5 +212,5 @@ class LinearLeakage(Attack):
             score=score,
             iterations=max(1, steps),
             extras={"features": features, "residuals": residuals, "images_recovered": recovered,
-                    "image_layer": image_layer},
+                    "image_layer": first},
         )

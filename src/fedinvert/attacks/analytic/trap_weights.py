@@ -23,23 +23,24 @@ import math
 import torch
 from torch import Tensor, nn
 
+from fedinvert.attacks.analytic.linear_leakage import image_layer, padded_images, signal_rows
 from fedinvert.attacks.base import ATTACKS, Attack, ServerContext, batch_size_of
 from fedinvert.errors import ConfigError, ObservationError
 from fedinvert.observation import Capability, Observation, Reconstruction
 
 
-def first_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The model's first parametrised layer, which must be an ``nn.Linear`` with a bias that sees the flattened
-    image (e.g. ``model=mlp``); ConfigError otherwise."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            return name, module
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)):
-            break
-    raise ConfigError(
-        "attack 'trap_weights' needs a victim whose first layer is linear and sees the image (e.g. model=mlp);"
-        f" {type(model).__name__} starts with another layer"
-    )
+def trap_layer(model: nn.Module, image_shape: tuple[int, int, int]) -> tuple[str, nn.Linear]:
+    """The linear layer (with a bias) that receives the flattened image (`image_layer`), where the traps go;
+    ConfigError when the model has none (e.g. a convolutional victim)."""
+    name = image_layer(model, image_shape)
+    if name is None:
+        raise ConfigError(
+            "attack 'trap_weights' needs a victim whose first layer is linear and sees the image (e.g. model=mlp);"
+            f" {type(model).__name__} has no linear layer that reads the image"
+        )
+    layer = model.get_submodule(name)
+    assert isinstance(layer, nn.Linear)
+    return name, layer
 
 
 def trap_matrix(public: Tensor, rows: int, *, rate: float, seed: int) -> tuple[Tensor, float]:
@@ -124,13 +125,8 @@ class TrapWeights(Attack):
         if context.public is None or len(context.public) < 10:
             raise ConfigError("attack 'trap_weights' needs public images of the task's data to scale its weights")
         sent = copy.deepcopy(model)
-        _, layer = first_linear(sent)
+        _, layer = trap_layer(sent, context.image_shape)
         size = math.prod(context.image_shape)
-        if layer.in_features != size:
-            raise ConfigError(
-                f"attack 'trap_weights': the first linear layer takes {layer.in_features} features, not the"
-                f" image's {size} pixels"
-            )
         weight, self.scale = trap_matrix(context.public, layer.out_features, rate=self.target_rate(context),
                                          seed=self.seed)
         # fold the normalisation in: W x = W' (x − m) / s + b'  with  W' = W · s,  b' = W m
@@ -148,20 +144,15 @@ class TrapWeights(Attack):
     ) -> Reconstruction:
         size = batch_size_of(obs)
         try:
-            name, _ = first_linear(obs.model)
+            name, _ = trap_layer(obs.model, obs.image_shape)
         except ConfigError as err:
             raise ObservationError(str(err)) from None
         prefix = f"{name}." if name else ""
         gw = obs.update[f"{prefix}weight"].detach().cpu().double()
         gb = obs.update[f"{prefix}bias"].detach().cpu().double()
-        if gw.shape[1] != math.prod(obs.image_shape):
-            raise ObservationError("the first linear layer does not see the image: trap_weights cannot read it")
         candidates, counts = self.candidates(gw, gb)
-        inputs = torch.zeros(size, *obs.image_shape, dtype=torch.float64)
         order = self.rank(obs, candidates, counts)[:size]
-        if len(order):
-            inputs[: len(order)] = candidates[order].view(-1, *obs.image_shape)
-        images = obs.denormalize(inputs.float()).clamp(0, 1)
+        images = padded_images(obs, candidates[order], size)
         return Reconstruction(
             images=images.to(self.device),
             labels=None,
@@ -174,10 +165,9 @@ class TrapWeights(Attack):
 
     def candidates(self, gw: Tensor, gb: Tensor) -> tuple[Tensor, Tensor]:
         """One candidate input per group of rows whose ratios dL/dW_i / dL/db_i coincide, and the group sizes."""
-        scale = gb.abs().max()
-        if not bool(scale > 0):
+        rows = signal_rows(gb, self.tolerance)
+        if not len(rows):
             return gw.new_zeros(0, gw.shape[1]), torch.zeros(0, dtype=torch.long)
-        rows = (gb.abs() > self.tolerance * scale).nonzero().flatten()
         ratio = gw[rows] / gb[rows, None]
         norm = ratio.norm(dim=1).clamp_min(1e-12)
         close = torch.cdist(ratio, ratio) <= self.group * torch.minimum(norm[:, None], norm[None, :])
