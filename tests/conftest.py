@@ -2,6 +2,8 @@
 
 import os
 
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # Flower reads it at import; tests never phone home
+
 import pytest
 import torch
 

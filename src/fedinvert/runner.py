@@ -285,14 +285,26 @@ def sent_model_info(model: nn.Module) -> dict[str, Any]:
 # -- observation files ---------------------------------------------------------------------------------
 def save_observation(path: Path, scenario: Scenario, cfg: dict[str, Any]) -> None:
     """What the attacker saw, as safetensors: update, model weights and buffers, granted labels, metadata."""
-    obs = scenario.observation
+    # a re-attacked observation keeps its own victim: the config's model section does not apply to it
+    write_observation(path, scenario.observation, victim=scenario.info.get("victim", cfg["model"]),
+                      data=scenario.info.get("data"))
+
+
+def write_observation(path: Path, obs: Observation, *, victim: dict[str, Any], data: dict[str, Any] | None) -> None:
+    """``obs`` as an ``observation.safetensors`` file that `load_observation` reads back.
+
+    Args:
+        victim: the victim's registry name and options (``{"name": "lenet5", ...}``): how a re-attack rebuilds
+            ``obs.model`` before it loads the saved weights.
+        data: data-set facts for the no-leak reference (``dataset``, ``split``, ``indices``, ``image_size``,
+            ``channels``, ...), or None when they are unknown.
+    """
     tensors = {f"update.{n}": t.detach().contiguous().cpu() for n, t in obs.update.items()}
     tensors.update({f"model.{n}": t.detach().contiguous().cpu() for n, t in obs.model.state_dict().items()})
     if obs.labels is not None:
         tensors["labels"] = obs.labels.cpu()
     meta = {
-        # a re-attacked observation keeps its own victim: the config's model section does not apply to it
-        "model": scenario.info.get("victim", cfg["model"]),
+        "model": victim,
         "model_training": obs.model.training,
         "kind": obs.kind,
         "image_shape": list(obs.image_shape),
@@ -302,7 +314,7 @@ def save_observation(path: Path, scenario: Scenario, cfg: dict[str, Any]) -> Non
         "loss": obs.loss,
         "local_training": asdict(obs.local_training) if obs.local_training is not None else None,
         "defenses": [{"name": d.name, "params": d.params} for d in obs.defenses],
-        "data": scenario.info.get("data"),  # data-set facts for the no-leak reference (None if unknown)
+        "data": data,
     }
     save_file(tensors, str(path), metadata={"fedinvert": json.dumps(meta)})
 
