@@ -99,9 +99,14 @@ def client_app(parts: Sequence[tuple[list[int], Any]], model_fn: ModelFn, *, mod
 
 def federate(
     out: Path, parts: Sequence[tuple[list[int], Any]], *, rounds: int, model_fn: ModelFn = honest_model,
-    mods: Sequence[Any] = (), ray: bool = False, seed: int = 0,
+    mods: Sequence[Any] = (), ray: bool = False, seed: int = 0, local: dict[str, Any] | None = None,
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
 ) -> Any:
-    """One FedAvg federation whose server captures every update into ``out``; Flower's Result."""
+    """One FedAvg federation whose server captures every update into ``out``; Flower's Result.
+
+    ``local`` replaces the clients' train configuration (`LOCAL`); ``evaluate_fn(round, arrays)`` is Flower's
+    server-side evaluation of the global model after each round."""
+    train_config = ConfigRecord(dict(local or LOCAL))
     torch.manual_seed(seed)
     strategy = CapturingStrategy(
         FedAvg(fraction_evaluate=0.0, min_train_nodes=len(parts), min_available_nodes=len(parts)),
@@ -113,7 +118,7 @@ def federate(
     if ray:
         return simulate_with_ray(strategy, app, nodes=len(parts), initial=initial, rounds=rounds)
     return run_local(strategy, app, num_nodes=len(parts), initial_arrays=initial, num_rounds=rounds,
-                     train_config=ConfigRecord(LOCAL))
+                     train_config=train_config, evaluate_fn=evaluate_fn)
 
 
 def simulate_with_ray(strategy: CapturingStrategy, app: ClientApp, *, nodes: int, initial: ArrayRecord,

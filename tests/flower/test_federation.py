@@ -178,3 +178,17 @@ def test_the_example_runs_on_flowers_ray_simulation_engine(example, tmp_path):
     leak = float(re.search(r"leakage ([+-][0-9.]+) dB", done.stdout).group(1))
     assert leak > 4.0
     assert "3 of 3 clients refused, 0 updates captured" in done.stdout
+
+
+def test_a_captured_update_is_attacked_from_the_command_line(honest, tmp_path):
+    from fedinvert.cli import main
+
+    example, out, parts = honest
+    entry = next(e for e in read_capture(out) if e["round"] == 2 and e["status"] == "captured")
+    folder = out / entry["path"]
+    run = tmp_path / "run"
+    assert main(["attack", f"observation={folder}", "attack=inverting_gradients", "attack.iterations=5",
+                 "attack.compile=false", "device=cpu", "progress=false", f"out={run}"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["psnr"] is None and metrics["iterations"] == 5  # no private batch attached: nothing to score
+    assert (run / "reconstruction.png").is_file() or (run / "tensors.safetensors").is_file()
