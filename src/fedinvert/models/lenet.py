@@ -37,20 +37,25 @@ class LeNetDLG(nn.Module):
         in_channels: image channels C (≥ 1).
         num_classes: number of classes (≥ 2).
         image_size: side H = W of the square input images in pixels (≥ 8); the Linear layer is sized for it.
+        activation: ``"sigmoid"`` (DLG's, default) or ``"relu"``: the same network with ReLUs, for the survey's
+            activation comparison.
 
     Input (B, C, image_size, image_size) in the victim's normalised space; output logits (B, num_classes).
     """
 
-    def __init__(self, *, in_channels: int, num_classes: int, image_size: int) -> None:
+    def __init__(
+        self, *, in_channels: int, num_classes: int, image_size: int, activation: Activation = "sigmoid"
+    ) -> None:
         super().__init__()
         check_dims("lenet-dlg", in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+        check_choice("lenet-dlg", "activation", activation, ACTIVATIONS)
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, 12, kernel_size=5, stride=2, padding=2),
-            nn.Sigmoid(),
+            _activation(activation),
             nn.Conv2d(12, 12, kernel_size=5, stride=2, padding=2),
-            nn.Sigmoid(),
+            _activation(activation),
             nn.Conv2d(12, 12, kernel_size=5, stride=1, padding=2),
-            nn.Sigmoid(),
+            _activation(activation),
         )
         self.fc = nn.Linear(_flat_size(self.body, in_channels, image_size), num_classes)
         self.reset_parameters()
