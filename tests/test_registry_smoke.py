@@ -30,7 +30,8 @@ def test_every_attack_runs_a_few_steps(name):
         args.append("threat.server=malicious")
     cfg = resolve_config(args)
     shrunk = (("iterations", 2), ("steps_per_stage", 2), ("latent_steps", 2), ("finetune_steps", 2),
-              ("restarts", 1), ("population", 4), ("group_start", 1), ("group_every", 1))
+              ("restarts", 1), ("population", 4), ("group_start", 1), ("group_every", 1), ("steps", 2),
+              ("width", 4), ("aux_batches", 4), ("epochs", 1), ("hidden", 8), ("sketch", 64), ("cache", False))
     for key, value in shrunk:
         if key in keys:
             cfg["attack"][key] = value
