@@ -250,7 +250,8 @@ def test_final_carry_records_the_final_iterates_distance(face, in_distribution):
 @needs_wheel
 def test_default_face_preset_and_official_settings(face):
     attack = gifd(face)
-    assert attack.feature_lr == "relative" and attack.lr == 0.1 and attack.radius_mode == "relative"
+    assert attack.feature_lr == "relative" and attack.lr == 0.3 and attack.radius_mode == "relative"
+    assert OFFICIAL_SETTINGS["biggan"]["lr"] == OFFICIAL_SETTINGS["stylegan2"]["lr"] == 0.1  # the official rate
     assert attack.radii == pytest.approx([0.1, 0.3, 0.6, 1.0])
     assert (attack.steps_per_stage, attack.restarts, attack.tv, attack.image_norm) == (1000, 4, 1e-4, 1e-6)
     biggan = OFFICIAL_SETTINGS["biggan"]
@@ -418,14 +419,15 @@ def test_held_out_coordinates_are_never_read_during_optimisation(face, in_distri
 @needs_wheel
 def test_held_out_rule_picks_the_shallower_stage_when_deep_stages_fit_noise(face, in_distribution):
     # Constructed: the update of a prior sample plus Gaussian noise of 3× each tensor's std. Measured (30 steps
-    # a stage, 1 restart): the feature stages lower the optimised distance (z 0.786 → f2 0.776) while the
+    # a stage, 1 restart, lr 0.1): the feature stages lower the optimised distance (z 0.786 → f2 0.776) while the
     # held-out distance rises (1.327 → 1.432), so the least-distance rule would return f2 and the held-out
     # rule returns z. (PSNR still rises with depth here, 10.0 → 11.5 dB: the held-out rule guards against
     # fitting the noise, which in this case cost nothing.)
     _, _, obs = in_distribution
     draw = torch.Generator().manual_seed(1)
     noisy = {n: u + 3.0 * u.std() * torch.randn(u.shape, generator=draw) for n, u in obs.update.items()}
-    rec = gifd(face, selection="held_out", stages=["z", "f1", "f2"], steps_per_stage=30, restarts=1).reconstruct(
+    rec = gifd(face, selection="held_out", stages=["z", "f1", "f2"], steps_per_stage=30, restarts=1,
+               lr=0.1).reconstruct(
         _with_update(obs, noisy), rng=torch.Generator().manual_seed(0))
     rows = rec.extras["stage_summary"]
     assert min(rows, key=lambda r: r["distance"])["stage"] == "f2"

@@ -469,6 +469,7 @@ ATTACKS.add("gifd-e", GIFD, ball=False, carry="final")
 #: only those priors have.
 OFFICIAL_SETTINGS: dict[str, dict[str, Any]] = {
     "biggan": {
+        "lr": 0.1,
         "carry": "final",
         "feature_lr": "absolute",
         "radius_mode": "absolute",
@@ -476,6 +477,7 @@ OFFICIAL_SETTINGS: dict[str, dict[str, Any]] = {
         "stages": list(range(10)),
     },
     "stylegan2": {
+        "lr": 0.1,
         "carry": "final",
         "feature_lr": "absolute",
         "radius_mode": "absolute",
