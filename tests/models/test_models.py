@@ -157,7 +157,7 @@ def test_bad_options_are_config_errors() -> None:
         build_model("lenet", in_channels=3, num_classes=10, image_size=32)
     with pytest.raises(ConfigError, match="num_classes must be at least 2"):
         build_model("convnet", in_channels=3, num_classes=1, image_size=32)
-    assert model_options("lenet-dlg") == []
+    assert model_options("lenet-dlg") == ["activation"]
     assert model_options("resnet18") == ["norm", "width"]
 
 
