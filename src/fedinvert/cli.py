@@ -1,4 +1,4 @@
-"""The `fedinvert` command line: attack, demo, list, train-prior, verify-model.
+"""The `fedinvert` command line: attack, sweep, report, demo, list, train-prior, verify-model.
 
 Input errors print one line (``error: ...``) and exit with code 2; no traceback, nothing half-written.
 ``verify-model`` exits 0 when the received model is clean and 1 when it is suspicious.
@@ -85,6 +85,47 @@ def cmd_attack(args: argparse.Namespace) -> int:
         cfg["out"] = None  # re-running a run writes a new folder
     result = run(cfg, argv=["fedinvert", "attack", *args.overrides])
     print(_summary(result))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedinvert.errors import ConfigError
+    from fedinvert.sweep import plan_sweep, run_sweep
+
+    out = None
+    overrides = []
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"argument {item!r} is not key=value (the study folder is out=DIR)")
+        if key.strip() == "out":
+            out = value
+        else:
+            overrides.append(item)
+    plan = plan_sweep(
+        args.study, out=out, executor=args.executor, jobs=args.jobs, address=args.address, threads=args.threads,
+        full=args.full, overrides=overrides, command=["fedinvert", *args.argv],
+    )
+    if args.dry_run:
+        print(f"{plan.study.name}: {len(plan.runs)} runs over {', '.join(plan.study.axis_keys) or 'no axes'}")
+        return 0
+    summary = run_sweep(plan, progress=not args.no_progress)
+    print(summary.line())
+    for error in summary.errors[:5]:
+        print(f"  failed: {error}")
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedinvert.report.study import text_report, write_report
+
+    if args.text:
+        print(text_report(args.folder), end="")
+        return 0
+    page = write_report(args.folder, out=args.out)
+    print(f"report: {page}")
     return 0
 
 
@@ -233,6 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--config", help="a preset name, a YAML file or a run's config.yaml to start from")
     attack.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. attack=idlg attack.restarts=2")
     attack.set_defaults(func=cmd_attack)
+    sweep = sub.add_parser("sweep", help="run a study file's grid of runs: fedinvert sweep STUDY.yaml out=DIR")
+    sweep.add_argument("study", help="the study file (YAML: base, axes, zip, replicates, compare, full)")
+    sweep.add_argument("overrides", nargs="*", help="out=DIR (required), then key=value applied to every run")
+    sweep.add_argument("--executor", default="local", help="local (default: this machine) or ray")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs at once (local processes, or a local Ray's CPUs)")
+    sweep.add_argument("--address", help="a running Ray cluster's address (with --executor ray)")
+    sweep.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / jobs)")
+    sweep.add_argument("--full", action="store_true", help="the study's paper-scale settings (its full: section)")
+    sweep.add_argument("--dry-run", action="store_true", help="check the study and print its size; run nothing")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.set_defaults(func=cmd_sweep)
+    report = sub.add_parser("report", help="a study folder's tables and pictures as one HTML page (or --text)")
+    report.add_argument("folder", help="the study folder a sweep wrote")
+    report.add_argument("--text", action="store_true", help="print the tables as text instead")
+    report.add_argument("--out", help="the page to write (default: FOLDER/report.html)")
+    report.set_defaults(func=cmd_report)
     demo = sub.add_parser(
         "demo", help="GIFD beside Inverting Gradients on one real face, with the no-leak reference (demo.png)"
     )

@@ -1,0 +1,190 @@
+"""The study folder's result store: one SQLite row per finished run, ``results.csv`` kept current beside it.
+
+A study folder holds ``study.yaml`` (the study as given), ``sweep.json`` (its axes, replicates, comparisons and
+size, for ``fedinvert report``), ``runs/<id>/`` (each run's ordinary run folder, renamed into place when
+complete), ``results.sqlite`` and ``results.csv``. A row is written in one SQLite transaction after its run
+folder is in place, and ``results.csv`` is rewritten through a temporary file: a sweep killed at any moment
+keeps every finished run, and a folder whose row was never written (killed between the two) is adopted from
+its ``metrics.json`` when the sweep starts again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedinvert.errors import ConfigError
+
+#: Metric columns of results.csv, after id, status, error and the axes (DESIGN §12's metrics.json keys).
+METRIC_COLUMNS = (
+    "psnr", "ssim", "mse", "label_accuracy", "leakage_db", "reference_psnr", "reid_top1", "seconds", "iterations",
+)
+EXTRA_COLUMNS = ("st_lpips", "feature_distance", "compile_seconds", "stage")
+MARKER = "sweep.json"
+_SCHEMA = """
+create table if not exists runs (
+    id text primary key,
+    status text not null,
+    error text,
+    values_json text not null,
+    metrics_json text,
+    finished real not null,
+    worker text
+)
+"""
+
+
+def metric_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The flat metrics of results.csv from a run's metrics.json."""
+    reference = metrics.get("reference") or {}
+    row = {key: metrics.get(key) for key in METRIC_COLUMNS if key != "reference_psnr"}
+    row["reference_psnr"] = reference.get("psnr") if isinstance(reference, dict) else None
+    row["st_lpips"] = metrics.get("st_lpips")
+    row["feature_distance"] = metrics.get("feature_distance")
+    row["compile_seconds"] = metrics.get("compile_seconds")
+    stages = metrics.get("stages") or []
+    row["stage"] = next((s.get("stage") for s in stages if isinstance(s, dict) and s.get("chosen")), None)
+    return row
+
+
+def cell_text(value: Any) -> str:
+    """An axis value as results.csv writes it: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A row of the store."""
+
+    id: str
+    status: str
+    error: str | None
+    values: dict[str, Any]
+    metrics: dict[str, Any] | None
+
+
+class ResultStore:
+    """The SQLite table of a study folder (`sqlite3`, one writer: the sweep's driver process)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / "results.sqlite"
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30)
+            self._db.execute("pragma journal_mode=wal")
+            self._db.execute("pragma synchronous=full")
+            with self._db:
+                self._db.execute(_SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise ConfigError(f"{self.path}: not a readable result store ({err}); move it away or choose another out=")\
+                from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def rows(self) -> dict[str, StoredRun]:
+        """Every stored run by id."""
+        try:
+            found = self._db.execute("select id, status, error, values_json, metrics_json from runs").fetchall()
+        except sqlite3.DatabaseError as err:
+            raise ConfigError(f"{self.path}: cannot read the result store ({err})") from None
+        return {
+            r[0]: StoredRun(r[0], r[1], r[2], json.loads(r[3]), None if r[4] is None else json.loads(r[4]))
+            for r in found
+        }
+
+    def put(self, run_id: str, *, status: str, values: dict[str, Any], metrics: dict[str, Any] | None,
+            error: str | None = None, worker: str | None = None) -> None:
+        """Record a finished run (``ok`` or ``failed``) in one transaction, replacing an earlier failure."""
+        with self._db:
+            self._db.execute(
+                "insert or replace into runs values (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, status, error, json.dumps(values, default=str),
+                 None if metrics is None else json.dumps(metrics, default=str), time.time(), worker),
+            )
+
+    def write_csv(self, axes: list[str], order: Iterable[tuple[str, dict[str, Any]]]) -> Path:
+        """Rewrite ``results.csv`` (atomically) for the planned runs ``order`` (id, axis values) that are stored."""
+        stored = self.rows()
+        buffer = io.StringIO()
+        columns = ["id", "status", "error", *axes, *METRIC_COLUMNS, *EXTRA_COLUMNS, "folder"]
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for run_id, values in order:
+            row = stored.get(run_id)
+            if row is None:
+                continue
+            line: dict[str, Any] = {"id": run_id, "status": row.status, "error": row.error or ""}
+            line.update({axis: cell_text(values.get(axis)) for axis in axes})
+            flat = metric_row(row.metrics or {})
+            line.update({k: "" if v is None else v for k, v in flat.items()})
+            line["folder"] = f"runs/{run_id}" if row.status == "ok" else ""
+            writer.writerow(line)
+        target = self.folder / "results.csv"
+        atomic_write(target, buffer.getvalue())
+        return target
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_study_folder(folder: Path, shown: str) -> None:
+    """Refuse an ``out`` that is a file, a link, or a non-empty folder that is not a study folder."""
+    if folder.is_symlink():
+        raise ConfigError(f"out={shown} is a symbolic link; give the folder it points to")
+    if not folder.exists():
+        parent = folder.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"out={shown}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"out={shown}: cannot create it ({parent} is not writable)")
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"out={shown} is a file, not a folder; choose another out=")
+    try:
+        entries = [p.name for p in folder.iterdir()]
+    except OSError as err:
+        raise ConfigError(f"out={shown}: cannot read the folder ({err.strerror or err})") from None
+    if entries and MARKER not in entries:
+        raise ConfigError(
+            f"out={shown} exists, is not empty and is not a study folder (no {MARKER}); choose another out="
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"out={shown}: the folder is not writable")
+
+
+def adopt_orphans(store: ResultStore, runs_dir: Path, planned: dict[str, dict[str, Any]]) -> int:
+    """Rows for complete run folders of planned runs that have none (a sweep killed after the rename)."""
+    stored = store.rows()
+    adopted = 0
+    for run_id, values in planned.items():
+        ok = stored.get(run_id)
+        if ok is not None and ok.status == "ok":
+            continue
+        metrics_file = runs_dir / run_id / "metrics.json"
+        if not metrics_file.is_file():
+            continue
+        try:
+            metrics = json.loads(metrics_file.read_text())
+            run_info = json.loads((runs_dir / run_id / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if run_info.get("interrupted"):
+            continue
+        store.put(run_id, status="ok", values=values, metrics=metrics, worker="adopted")
+        adopted += 1
+    return adopted
