@@ -199,3 +199,24 @@ def test_evaluate_rejects_nan_and_shape_mismatch() -> None:
         evaluate(private, torch.full_like(private, math.nan))
     with pytest.raises(ValueError, match="same image shape"):
         evaluate(private, smooth_images(2, 3, 8))
+
+
+def test_gradient_cosine_against_explicit_per_sample_gradients() -> None:
+    from fedinvert.metrics import gradient_cosine
+
+    model = build_model("lenet-dlg", in_channels=1, num_classes=10, image_size=16, seed=0)
+    images = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 4, 1])
+    norm = ((0.5,), (0.5,))
+    rows = []
+    for i in range(3):
+        loss = nn.functional.cross_entropy(model((images[i : i + 1] - 0.5) / 0.5), labels[i : i + 1])
+        rows.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))]))
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    expected = sum(float(nn.functional.cosine_similarity(rows[a], rows[b], dim=0)) for a, b in pairs) / 3
+    model.train()
+    assert gradient_cosine(model, images, labels, norm) == pytest.approx(expected, abs=1e-5)
+    assert model.training  # restored
+    twice = torch.cat([images[:1], images[:1]])
+    assert gradient_cosine(model, twice, labels[:1].repeat(2), norm) == pytest.approx(1.0, abs=1e-5)
+    assert gradient_cosine(model, images[:1], labels[:1], norm) is None

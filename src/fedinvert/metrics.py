@@ -201,6 +201,50 @@ def feature_distance(model: nn.Module, private_inputs: Tensor, rec_inputs: Tenso
     return (fp - fr).square().flatten(1).mean(1)
 
 
+GRADIENT_COSINE_MAX_FLOATS = 200_000_000
+"""`gradient_cosine` is skipped (None) when B × parameters exceeds this (800 MB of float32 gradients)."""
+
+
+def gradient_cosine(
+    model: nn.Module, images: Tensor, labels: Tensor, normalization: tuple[Sequence[float], Sequence[float]]
+) -> float | None:
+    """Mean pairwise cosine similarity of the per-sample gradients of a private batch (the survey's
+    Proposition 1: the more alike the samples' gradients — e.g. when labels repeat — the less the batch gradient
+    tells them apart).
+
+    Each sample's cross-entropy gradient over all parameters at the model's weights, in eval mode (train/eval
+    flags restored). None for B = 1 or when B × parameters exceeds `GRADIENT_COSINE_MAX_FLOATS`.
+
+    Args:
+        model: the victim as the server sent it.
+        images: (B, C, H, W) private images in [0, 1].
+        labels: (B,) their labels.
+        normalization: the client's (mean, std).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in params)
+    batch = images.shape[0]
+    if batch < 2 or batch * count > GRADIENT_COSINE_MAX_FLOATS:
+        return None
+    modes = [(module, module.training) for module in model.modules()]
+    device = next((p.device for p in params), images.device)
+    inputs = _normalize(images.float(), normalization).to(device)
+    rows = []
+    try:
+        model.eval()
+        for i in range(batch):
+            loss = nn.functional.cross_entropy(model(inputs[i : i + 1]), labels[i : i + 1].to(device))
+            grads = torch.autograd.grad(loss, params)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]).float())
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    unit = nn.functional.normalize(torch.stack(rows), dim=1)
+    gram = unit @ unit.T
+    off = gram[~torch.eye(batch, dtype=torch.bool, device=gram.device)]
+    return float(off.mean())
+
+
 def _normalize(images: Tensor, normalization: tuple[Sequence[float], Sequence[float]]) -> Tensor:
     mean, std = normalization
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)

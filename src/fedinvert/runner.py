@@ -134,7 +134,7 @@ def build_scenario(cfg: dict[str, Any], *, attack: Attack | None = None) -> Scen
     if indices is not None and not isinstance(indices, list):
         indices = [indices]
     label_map = ds_cfg.pop("label_map", None)
-    known = {"split", "unique_labels", "root"}
+    known = {"split", "unique_labels", "shared_labels", "root"}
     extra = sorted(set(ds_cfg) - known)
     if extra:
         raise ConfigError(
@@ -161,6 +161,7 @@ def build_scenario(cfg: dict[str, Any], *, attack: Attack | None = None) -> Scen
         num_classes=cfg.get("num_classes"),
         seed=seed,
         unique_labels=bool(ds_cfg.get("unique_labels", False)),
+        shared_labels=ds_cfg.get("shared_labels"),
         root=ds_cfg.get("root"),
     )
     images, labels = batch.images, batch.labels
@@ -618,6 +619,11 @@ def evaluate_run(
         )
     reference, _, distractors = _no_leak_data(scenario, settings)
     metrics_mod.attach_reference(result, reference)
+    result["gradient_cosine"] = None
+    if scenario.private is not None and scenario.private_labels is not None:
+        result["gradient_cosine"] = metrics_mod.gradient_cosine(
+            obs.model, scenario.private, scenario.private_labels, obs.normalization
+        )
     result["reid_top1"] = result["reid_distractors"] = result["reid_source"] = None
     result["st_lpips"] = result["lpips"] = None
     if scenario.private is not None:

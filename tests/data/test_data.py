@@ -436,3 +436,25 @@ def test_folder_errors(tmp_path: Path) -> None:
         load_batch("folder", batch_size=1, root=tmp_path)
     with pytest.raises(ConfigError, match="needs dataset.root"):
         load_batch("folder", batch_size=1)
+
+
+@needs_fashion
+@pytest.mark.parametrize("shared", [0, 2, 3, 4])
+def test_shared_labels_draws_exactly_that_many_of_one_label(shared: int) -> None:
+    for seed in range(4):
+        batch = load_batch("fashion-mnist", batch_size=4, seed=seed, shared_labels=shared)
+        counts = sorted(np.unique(batch.labels.numpy(), return_counts=True)[1].tolist(), reverse=True)
+        assert counts == ([1, 1, 1, 1] if shared == 0 else [shared] + [1] * (4 - shared)), (seed, counts)
+        assert len(set(batch.indices)) == 4
+
+
+@needs_fashion
+def test_shared_labels_bad_values_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="0 \\(no label repeats\\) or 2..batch_size"):
+        load_batch("fashion-mnist", batch_size=4, seed=0, shared_labels=1)
+    with pytest.raises(ConfigError, match="0 \\(no label repeats\\) or 2..batch_size"):
+        load_batch("fashion-mnist", batch_size=4, seed=0, shared_labels=5)
+    with pytest.raises(ConfigError, match="too few"):
+        load_batch("fashion-mnist", batch_size=11, seed=0, shared_labels=0)
+    with pytest.raises(ConfigError, match="without dataset.indices"):
+        load_batch("fashion-mnist", batch_size=2, seed=0, shared_labels=2, indices=[0, 1])

@@ -305,6 +305,7 @@ DATASET: dict[str, Any] = {
     "indices": _optional(Union[_list_of(_count(0), MAX_LIST_ENTRIES), _count(0)]),  # noqa: UP007
     "split": _optional(str),
     "unique_labels": bool,
+    "shared_labels": _optional(_count(0, MAX_LIST_ENTRIES)),
     "root": _PATH,
     "label_map": _optional(_list_of(_count(0, MAX_CLASSES - 1), MAX_CLASSES)),
 }

@@ -165,6 +165,7 @@ def sample_indices(
     seed: int,
     num_classes: int,
     unique_labels: bool = False,
+    shared_labels: int | None = None,
     where: str = "the split",
 ) -> np.ndarray:
     """``batch_size`` distinct positions into ``labels``, drawn from the seed's ``data`` stream.
@@ -178,11 +179,16 @@ def sample_indices(
         seed: the run's seed; only its ``data`` stream is used.
         num_classes: size of the label space.
         unique_labels: whether the batch must have pairwise different labels.
+        shared_labels: exactly this many positions share one label and the others have distinct labels of
+            their own (0: all labels distinct; the survey's repeated-label setting); the shared label is the
+            label of the first position, in the seeded order, whose label has enough images.
         where: how error messages name the split.
     """
     if batch_size > len(labels):
         raise ConfigError(f"batch_size={batch_size} exceeds the {len(labels)} images of {where}")
     rng = numpy_rng(seed, "data")
+    if shared_labels is not None:
+        return _sharing(labels, rng.permutation(len(labels)), batch_size, shared_labels, where)
     if not unique_labels:
         return rng.choice(len(labels), size=batch_size, replace=False).astype(np.int64)
     if batch_size > num_classes:
@@ -199,6 +205,30 @@ def sample_indices(
     return order[np.sort(first)[:batch_size]].astype(np.int64)
 
 
+def _sharing(labels: np.ndarray, order: np.ndarray, batch_size: int, shared: int, where: str) -> np.ndarray:
+    """Positions of `sample_indices` with ``shared_labels``: ``shared`` of one label, the rest distinct."""
+    if shared == 1 or shared > batch_size:
+        raise ConfigError(
+            f"dataset.shared_labels must be 0 (no label repeats) or 2..batch_size={batch_size}, got {shared}"
+        )
+    ordered = labels[order]
+    values, first, counts = np.unique(ordered, return_index=True, return_counts=True)
+    others = batch_size - shared
+    if shared == 0:
+        if len(values) < batch_size:
+            raise ConfigError(f"{where} holds {len(values)} different labels, too few for {batch_size} distinct ones")
+        return order[np.sort(first)[:batch_size]].astype(np.int64)
+    candidates = [(f, v) for f, v, c in zip(first, values, counts, strict=True) if c >= shared]
+    if not candidates or len(values) - 1 < others:
+        raise ConfigError(
+            f"{where} cannot give {shared} images of one label and {others} of distinct other labels"
+        )
+    label = min(candidates)[1]
+    same = np.flatnonzero(ordered == label)[:shared]
+    rest = np.sort([f for f, v in zip(first, values, strict=True) if v != label])[:others]
+    return order[np.sort(np.concatenate([same, rest]).astype(np.int64))].astype(np.int64)
+
+
 def load_batch(
     name: str,
     *,
@@ -210,6 +240,7 @@ def load_batch(
     num_classes: int | None = None,
     seed: int = 0,
     unique_labels: bool = False,
+    shared_labels: int | None = None,
     root: str | Path | None = None,
 ) -> Batch:
     """Draw a private batch from the data set registered as ``name``.
@@ -229,6 +260,8 @@ def load_batch(
         seed: the run's seed.
         unique_labels: sample so that no label repeats (needs B <= num_classes); with ``indices`` it
             checks that their labels are distinct.
+        shared_labels: draw a batch in which exactly this many images share one label and the others have
+            distinct labels (0: none shared); see `sample_indices`. Not with ``indices`` or ``unique_labels``.
         root: where the files of ``fashion-mnist``, ``folder``, ``cifar10`` and ``cifar100`` are.
 
     Returns:
@@ -247,6 +280,9 @@ def load_batch(
     split = dataset.resolve_split(split)
     labels = dataset.labels(split=split)
     where = f"dataset '{name}' split '{split}'"
+    if shared_labels is not None and (indices is not None or unique_labels):
+        raise ConfigError("dataset.shared_labels draws the batch itself: give it without dataset.indices and"
+                          " dataset.unique_labels")
     if indices is None:
         chosen = sample_indices(
             labels,
@@ -254,6 +290,7 @@ def load_batch(
             seed=seed,
             num_classes=dataset.num_classes,
             unique_labels=unique_labels,
+            shared_labels=shared_labels,
             where=where,
         )
     else:
