@@ -137,6 +137,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"GIFD                 {_summary(result.gifd)}")
     print(f"Inverting Gradients  {_summary(result.inverting_gradients)}")
     print(f"figure (private, GIFD, Inverting Gradients, no-leak guess): {result.figure}")
+    if result.report is not None:
+        print(f"report: {result.report}")
     return 0
 
 

@@ -37,6 +37,7 @@ class DemoResult:
     inverting_gradients: object
     folder: Path | None
     figure: Path | None
+    report: Path | None = None
 
 
 def demo_configs(overrides: Sequence[str] = (), *, out: str | None = None) -> tuple[dict, dict, Path]:
@@ -68,9 +69,29 @@ def run_demo(overrides: Sequence[str] = (), *, out: str | None = None, write: bo
     gifd = run(gifd_cfg, write=write, argv=["fedinvert", "demo", *overrides])
     ig = run(ig_cfg, write=write, argv=["fedinvert", "demo", *overrides])
     figure = folder / "demo.png" if write else None
+    report = None
     if figure is not None:
         save_demo_figure(figure, gifd, ig)
-    return DemoResult(gifd=gifd, inverting_gradients=ig, folder=folder if write else None, figure=figure)
+        report = write_demo_report(folder, gifd, ig, command=" ".join(["fedinvert", "demo", *overrides]))
+    return DemoResult(gifd=gifd, inverting_gradients=ig, folder=folder if write else None, figure=figure,
+                      report=report)
+
+
+def write_demo_report(folder: Path, gifd, ig, *, command: str) -> Path:  # type: ignore[no-untyped-def]
+    """The demo's two runs as a study folder (sweep.json, results.csv) and its HTML report."""
+    import json
+
+    from fedinvert.report.study import write_report
+    from fedinvert.sweep.store import ResultLine, index_runs
+
+    lines = []
+    for result in (gifd, ig):
+        name = Path(result.out).name
+        metrics = json.loads((Path(result.out) / "metrics.json").read_text())
+        lines.append(ResultLine(name, "ok", None, {"attack.name": result.config["attack"]["name"]}, metrics, name))
+    index_runs(folder, name="demo", axes=["attack.name"], lines=lines, command=command,
+               description="GIFD beside Inverting Gradients on one real photo, with the no-leak reference")
+    return write_report(folder)
 
 
 def save_demo_figure(path: Path, gifd, ig) -> None:  # type: ignore[no-untyped-def]

@@ -1,5 +1,7 @@
 """The demo: GIFD and Inverting Gradients on the same observation of one real photo (the full run is `make demo`)."""
 
+import csv
+
 import pytest
 import torch
 
@@ -38,3 +40,9 @@ def test_demo_writes_both_runs_and_the_figure(tmp_path, monkeypatch, capsys):
     assert lines[0].startswith("GIFD") and lines[1].startswith("Inverting Gradients") and "demo.png" in lines[2]
     assert (out / "gifd" / "run.json").is_file() and (out / "inverting_gradients" / "run.json").is_file()
     assert (out / "demo.png").is_file()
+    assert lines[3] == f"report: {out / 'report.html'}"
+    page = (out / "report.html").read_text()
+    assert "<img" in page and "inverting_gradients" in page and "gifd" in page
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["folder"] for r in rows] == ["gifd", "inverting_gradients"] and all(r["status"] == "ok" for r in rows)

@@ -115,23 +115,51 @@ class ResultStore:
     def write_csv(self, axes: list[str], order: Iterable[tuple[str, dict[str, Any]]]) -> Path:
         """Rewrite ``results.csv`` (atomically) for the planned runs ``order`` (id, axis values) that are stored."""
         stored = self.rows()
-        buffer = io.StringIO()
-        columns = ["id", "status", "error", *axes, *METRIC_COLUMNS, *EXTRA_COLUMNS, "folder"]
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for run_id, values in order:
-            row = stored.get(run_id)
-            if row is None:
-                continue
-            line: dict[str, Any] = {"id": run_id, "status": row.status, "error": row.error or ""}
-            line.update({axis: cell_text(values.get(axis)) for axis in axes})
-            flat = metric_row(row.metrics or {})
-            line.update({k: "" if v is None else v for k, v in flat.items()})
-            line["folder"] = f"runs/{run_id}" if row.status == "ok" else ""
-            writer.writerow(line)
+        lines = [
+            ResultLine(run_id, row.status, row.error, values, row.metrics, f"runs/{run_id}" if row.status == "ok" else "")
+            for run_id, values in order
+            if (row := stored.get(run_id)) is not None
+        ]
         target = self.folder / "results.csv"
-        atomic_write(target, buffer.getvalue())
+        atomic_write(target, results_csv(axes, lines))
         return target
+
+
+@dataclass(frozen=True)
+class ResultLine:
+    """A row of results.csv: a run's id, status, error, axis values, metrics.json and folder (relative)."""
+
+    id: str
+    status: str
+    error: str | None
+    values: dict[str, Any]
+    metrics: dict[str, Any] | None
+    folder: str
+
+
+def results_csv(axes: list[str], lines: Iterable[ResultLine]) -> str:
+    """The text of results.csv: ``id, status, error``, the axes, the metric columns, ``folder``."""
+    buffer = io.StringIO()
+    columns = ["id", "status", "error", *axes, *METRIC_COLUMNS, *EXTRA_COLUMNS, "folder"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for item in lines:
+        line: dict[str, Any] = {"id": item.id, "status": item.status, "error": item.error or ""}
+        line.update({axis: cell_text(item.values.get(axis)) for axis in axes})
+        line.update({k: "" if v is None else v for k, v in metric_row(item.metrics or {}).items()})
+        line["folder"] = item.folder
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
+def index_runs(folder: Path, *, name: str, axes: list[str], lines: list[ResultLine], description: str | None = None,
+               command: str = "") -> None:
+    """Make ``folder``, which holds finished run folders, readable by ``fedinvert report``: its sweep.json and
+    results.csv (for runs made outside a sweep, such as the demo's)."""
+    info = {"name": name, "description": description, "axes": axes, "replicates": [], "compare": [],
+            "total": len(lines), "full": False, "command": command, "study": None}
+    atomic_write(folder / MARKER, json.dumps(info, indent=2) + "\n")
+    atomic_write(folder / "results.csv", results_csv(axes, lines))
 
 
 def atomic_write(path: Path, text: str) -> None:
