@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test test-slow demo data face-gan lint bench-speed clean
+.PHONY: setup test test-slow demo data face-gan lint bench-speed report-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,17 @@ lint: setup
 
 bench-speed: setup
 	$(PY) benchmarks/speed.py
+
+# The study report's tests, the page rendered in headless Chromium (installed here when root and absent).
+report-check: setup
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq chromium) >/dev/null \
+		|| echo "warning: could not install chromium; the browser check will be skipped"; \
+	else \
+		echo "chromium is missing: run 'sudo apt-get install chromium'; the browser check will be skipped"; \
+	fi
+	$(PY) -m pytest -q -p no:cacheprovider tests/report/test_study_report.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -16,17 +16,15 @@ draw of private batches and victims, each batch having its own seed).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from fedinvert.config import resolve_config
 from fedinvert.data.loader import build_dataset
 from fedinvert.errors import ConfigError
+from fedinvert.report.study import Interval, t_interval  # the report's own, so both agree to the digit
 from fedinvert.runner import RunResult, run
 from fedinvert.seeding import numpy_rng
 
@@ -47,50 +45,6 @@ class ContractError(RuntimeError):
     """A run's metrics lack a key the benchmarks rely on (the no-leak reference of DESIGN §8)."""
 
 
-@dataclass(frozen=True)
-class Interval:
-    """A mean with the half-width of its two-sided Student-t confidence interval.
-
-    ``half`` is ``inf`` for a single value (no spread can be estimated) and 0 for identical values.
-    """
-
-    mean: float
-    half: float
-    n: int
-
-    @property
-    def low(self) -> float:
-        return self.mean - self.half
-
-    @property
-    def high(self) -> float:
-        return self.mean + self.half
-
-    @property
-    def excludes_zero(self) -> bool:
-        """True when the whole interval lies strictly above or strictly below 0."""
-        return self.low > 0 or self.high < 0
-
-
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
-    """Mean and t-interval half-width ``t(1 − α/2, n − 1) · s / √n`` of ``values`` (s: sample std, ddof 1).
-
-    Raises:
-        ValueError: no values, a NaN among them, or a confidence outside (0, 1).
-    """
-    data = np.asarray(list(values), dtype=float)
-    if data.size == 0:
-        raise ValueError("t_interval needs at least one value")
-    if np.isnan(data).any():
-        raise ValueError("t_interval got NaN")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    n = int(data.size)
-    mean = float(data.mean())
-    if n == 1:
-        return Interval(mean, math.inf, 1)
-    sem = float(data.std(ddof=1)) / math.sqrt(n)
-    return Interval(mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem, n)
 
 
 # -- the private batches ---------------------------------------------------------------------------------
