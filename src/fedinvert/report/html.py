@@ -66,6 +66,7 @@ window.addEventListener("load", function () {
 """
 
 _NUMERIC_HEADERS = {"n", "failed", "pairs", "PSNR dB", "reference dB", "leakage dB", "SSIM", "label acc", "re-id",
+                    "grad cos",
                     "seconds", "leakage diff dB", "PSNR diff dB", "distance", "PSNR", "leakage"}
 
 

@@ -39,6 +39,8 @@ MIN_PAIRS_FOR_CLAIM = 8
 #: the columns results.csv must hold besides the axes
 BASE_COLUMNS = ("id", "status", "error")
 STATUSES = ("ok", "failed")
+#: metric columns shown when results.csv has them and some run reports them (Proposition 1's gradient cosine)
+OPTIONAL_COLUMNS = ("gradient_cosine",)
 
 
 # -- the folder --------------------------------------------------------------------------------------------
@@ -183,7 +185,8 @@ def _rows(path: Path, axes: list[str], study: Path) -> tuple[list[str], list[Run
             raise ConfigError(f"report: {where}: status must be ok or failed, got {status!r}")
         if not cell["id"]:
             raise ConfigError(f"report: {where}: the id is empty")
-        metrics = {c: _number(cell[c], where=where, column=c) for c in METRIC_COLUMNS}
+        metrics = {c: _number(cell[c], where=where, column=c) for c in (*METRIC_COLUMNS, *OPTIONAL_COLUMNS)
+                   if c in cell}
         folder = _run_folder(study, cell["folder"], cell["id"]) if status == "ok" else None
         rows.append(RunRow(cell["id"], status, cell["error"], {a: cell[a] for a in axes}, metrics, folder))
     return header, rows
@@ -311,6 +314,7 @@ class Cell:
     reid_top1: float | None
     seconds: float | None
     verdict: str
+    gradient_cosine: float | None = None
 
     @property
     def n(self) -> int:
@@ -352,6 +356,7 @@ def cells(study: StudyResults) -> list[Cell]:
             reid_top1=_mean(ok, "reid_top1"),
             seconds=_mean(ok, "seconds"),
             verdict=leak_verdict(leakage) if ok else "no finished run",
+            gradient_cosine=_mean(ok, "gradient_cosine"),
         ))
     return out
 
@@ -471,11 +476,18 @@ def cell_table(study: StudyResults, found: Sequence[Cell] | None = None) -> tupl
     """The cell table's header and rows as text (what both reports show)."""
     header = [*study.settings, "n", "failed", "PSNR dB", "reference dB", "leakage dB", "SSIM", "label acc",
               "re-id", "seconds", "verdict"]
+    found = cells(study) if found is None else found
+    cosine = any(c.gradient_cosine is not None for c in found)
+    if cosine:
+        header.insert(-1, "grad cos")
     rows = []
-    for c in cells(study) if found is None else found:
-        rows.append([*c.values.values(), str(c.n), str(len(c.failed)), fmt_interval(c.psnr), fmt(c.reference_psnr),
-                     fmt_interval(c.leakage_db, signed=True), fmt(c.ssim, ".3f"), fmt(c.label_accuracy),
-                     fmt(c.reid_top1), fmt(c.seconds), c.verdict])
+    for c in found:
+        row = [*c.values.values(), str(c.n), str(len(c.failed)), fmt_interval(c.psnr), fmt(c.reference_psnr),
+               fmt_interval(c.leakage_db, signed=True), fmt(c.ssim, ".3f"), fmt(c.label_accuracy),
+               fmt(c.reid_top1), fmt(c.seconds), c.verdict]
+        if cosine:
+            row.insert(-1, fmt(c.gradient_cosine, ".3f"))
+        rows.append(row)
     return header, rows
 
 
