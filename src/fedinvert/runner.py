@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -30,7 +29,7 @@ from fedinvert.attacks import ATTACKS, Attack
 from fedinvert.attacks.base import ServerContext, resolve_device
 from fedinvert.config import resolve_keywords
 from fedinvert.config.schema import DEFAULTS as _CONFIG_DEFAULTS
-from fedinvert.config.validation import validate_config
+from fedinvert.config.validation import VICTIM_TRAINING, validate_config
 from fedinvert.data import check_normalization, load_batch, public_images, resolve_normalization
 from fedinvert.data.base import DATASETS
 from fedinvert.defenses import build_defenses, client_count, federated_round
@@ -47,6 +46,7 @@ from fedinvert.observation import (
     Reconstruction,
     StageResult,
 )
+from fedinvert.pretrain import TrainingData, prepare_victim, read_safetensors
 from fedinvert.report import leakage_caption, save_grid, save_loss_plot
 from fedinvert.run_folder import OutputTarget, deferred_sigint, json_text
 from fedinvert.run_folder import prepare as prepare_output
@@ -116,6 +116,10 @@ def build_scenario(cfg: dict[str, Any], *, attack: Attack | None = None) -> Scen
     indices are drawn, client k trains on the k-th B, and the private batch kept for evaluation (and the
     observation's batch size) is all K·B. A FedAvg client without ``protocol.shuffle_seed`` shuffles with a
     seed from the run's ``client`` stream; defence noise draws from the ``defense`` stream.
+
+    The victim gets its weights from ``model.checkpoint`` and/or ``model.pretrain_epochs`` of training on the
+    data set's train split (`fedinvert.pretrain`, cached) before a malicious server modifies it and before the
+    client's round; ``info["victim_weights"]`` records how, and the test accuracy reached.
     """
     cfg = validate_config(cfg)  # every key typed and in range before int() or any data is read
     if cfg.get("observation"):
@@ -176,10 +180,19 @@ def build_scenario(cfg: dict[str, Any], *, attack: Attack | None = None) -> Scen
 
     model_cfg = dict(cfg["model"])
     model_name = model_cfg.pop("name")
+    training = {key: model_cfg.pop(key) for key in VICTIM_TRAINING if key in model_cfg}  # not model keywords
     shape = {"in_channels": channels, "num_classes": num_classes, "image_size": height}
     parameters = parameter_count(model_name, **shape, seed=seed, **model_cfg)  # counted without allocating
     check_memory(images=total, channels=channels, height=height, width=width, parameters=parameters)
     model = build_model(model_name, in_channels=channels, num_classes=num_classes, image_size=height, seed=seed, **model_cfg)
+    victim_weights = prepare_victim(
+        model, name=model_name, options=model_cfg, num_classes=num_classes, seed=seed,
+        data=TrainingData(dataset=ds_name, root=ds_cfg.get("root"), image_size=image_size, channels=cfg.get("channels"),
+                          num_classes=cfg.get("num_classes"), label_map=label_map, normalization=normalization),
+        device=resolve_device(cfg.get("device", "auto")), checkpoint=training.get("checkpoint"),
+        epochs=int(training.get("pretrain_epochs", 0)), images=training.get("pretrain_images"),
+        progress=bool(cfg.get("progress")),
+    )
     threat = cfg["threat"]
     data_info = {
         "dataset": ds_name,
@@ -263,6 +276,9 @@ def build_scenario(cfg: dict[str, Any], *, attack: Attack | None = None) -> Scen
     }
     if sent_info is not None:
         info["sent_model"] = sent_info
+    info["victim"] = {"name": model_name, **model_cfg}  # the architecture observation.safetensors records
+    if victim_weights is not None:
+        info["victim_weights"] = victim_weights
     return Scenario(observation=obs, private=images, private_labels=labels, granted=frozenset(granted), info=info,
                     sent_model=sent_state)
 
@@ -286,8 +302,10 @@ def sent_model_info(model: nn.Module) -> dict[str, Any]:
 # -- observation files ---------------------------------------------------------------------------------
 def save_observation(path: Path, scenario: Scenario, cfg: dict[str, Any]) -> None:
     """What the attacker saw, as safetensors: update, model weights and buffers, granted labels, metadata."""
-    # a re-attacked observation keeps its own victim: the config's model section does not apply to it
-    write_observation(path, scenario.observation, victim=scenario.info.get("victim", cfg["model"]),
+    # the victim's architecture: the config's model section without the keys that gave it its weights (which
+    # the observation holds); a re-attacked observation keeps its own victim
+    victim = {k: v for k, v in cfg["model"].items() if k not in VICTIM_TRAINING}
+    write_observation(path, scenario.observation, victim=scenario.info.get("victim", victim),
                       data=scenario.info.get("data"))
 
 
@@ -353,16 +371,7 @@ def observation_conflicts(cfg: dict[str, Any]) -> list[str]:
 
 def _read_safetensors(path: Path, what: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     """All tensors and the metadata of a safetensors file; CheckpointError naming ``path`` if it is not one."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path} is not a fedinvert {what} file ({reason})") from None
-    return tensors, meta
+    return read_safetensors(path, problem=f"{path} is not a fedinvert {what} file")
 
 
 def _check_private(path: Path, stored: dict[str, Tensor], obs: Observation) -> tuple[Tensor, Tensor | None]:

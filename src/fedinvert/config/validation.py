@@ -317,6 +317,19 @@ METRICS: dict[str, Any] = {
     "st_lpips": bool,
 }
 
+MAX_PRETRAIN_EPOCHS = 10_000
+"""Most epochs of ``model.pretrain_epochs``."""
+
+VICTIM_TRAINING: dict[str, Any] = {
+    "pretrain_epochs": _count(0, MAX_PRETRAIN_EPOCHS),
+    "pretrain_images": _optional(_count(1)),
+    "checkpoint": _PATH,
+}
+"""The ``model`` keys that give the victim its weights (`fedinvert.pretrain`), not keywords of the model class:
+train it for ``pretrain_epochs`` epochs (default 0) on the data set's train split, on a seeded sample of
+``pretrain_images`` of its images (default all; ignored at 0 epochs), after loading the safetensors state dict
+``checkpoint`` (default none)."""
+
 NORMALIZATION: dict[str, Any] = {
     "mean": _list_of(config_type(float), 3, 1),
     "std": _list_of(config_type(float, (at.Gt(0),)), 3, 1),
@@ -587,7 +600,13 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     model = _group_section(merged, "model")
     assert model is not None
     factory = _registered(MODELS, "model.name", model["name"])
-    out["model"] = _check_keywords("model", model["name"], factory, model, model_options(model["name"]))
+    training = {key: model.pop(key) for key in list(model) if key in VICTIM_TRAINING}
+    if isinstance(training.get("checkpoint"), os.PathLike):
+        training["checkpoint"] = os.fspath(training["checkpoint"])
+    valid = model_options(model["name"]) + sorted(VICTIM_TRAINING)
+    out["model"] = _check_keywords("model", model["name"], factory, model, valid)
+    out["model"].update(check_mapping("model", VICTIM_TRAINING, training))
+    _check_victim_training(out["model"], out["dataset"]["name"], splits)
 
     attack = _group_section(merged, "attack")
     assert attack is not None
@@ -658,6 +677,21 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_victim_training(model: Mapping[str, Any], dataset: str, splits: tuple[str, ...]) -> None:
+    """``model.checkpoint`` must be a file, ``model.pretrain_epochs`` ≥ 1 needs a data set with a train split."""
+    checkpoint = model.get("checkpoint")
+    if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
+        what = "is a folder" if Path(checkpoint).expanduser().is_dir() else "does not exist"
+        raise ConfigError(f"model.checkpoint: the file {what} (a safetensors state dict is needed), got {show(checkpoint)}")
+    if model.get("pretrain_epochs", 0) > 0 and "train" not in splits:
+        from fedinvert.pretrain import training_datasets
+
+        raise ConfigError(
+            f"model.pretrain_epochs: dataset '{dataset}' has no train split to train the victim on;"
+            f" data sets with one: {', '.join(training_datasets())}"
+        )
+
+
 def _check_exists(key: str, path: str | None) -> None:
     if path is not None and not Path(path).expanduser().exists():
         raise ConfigError(f"{key}: the file or folder does not exist, got {show(path)}")
@@ -713,6 +747,7 @@ __all__ = [
     "RANGES",
     "THREAT",
     "TOP_LEVEL",
+    "VICTIM_TRAINING",
     "check_mapping",
     "check_plain",
     "check_value",
