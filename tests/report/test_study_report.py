@@ -284,3 +284,13 @@ def test_corrupt_sweep_json_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_study(tmp_path)
     assert "is not an axis" in _one_line(err)
+
+
+def test_a_resolved_difference_between_two_non_leaking_sides_is_no_ranking():
+    from fedinvert.report.study import Interval, PairedRow
+
+    leaking = PairedRow("b", {}, False, Interval(1.0, 0.5, 8), 1.0, True)
+    neither = PairedRow("b", {}, False, Interval(1.0, 0.5, 8), 1.0, False)
+    assert leaking.verdict == "+1.00 ± 0.50 dB"
+    assert neither.verdict == "+1.00 ± 0.50 dB, neither side leaks"
+    assert PairedRow("b", {}, False, Interval(0.1, 0.5, 8), 0.1, False).verdict == "not resolved"

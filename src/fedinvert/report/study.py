@@ -375,6 +375,7 @@ class PairedRow:
     pooled: bool
     diff: Interval | None
     psnr_diff: float | None
+    either_leaks: bool = True
 
     @property
     def n(self) -> int:
@@ -386,7 +387,9 @@ class PairedRow:
         if self.diff is None:
             return "no pairs"
         if self.diff.excludes_zero:
-            return f"{self.diff.mean:+.2f} ± {self.diff.half:.2f} dB"
+            measured = f"{self.diff.mean:+.2f} ± {self.diff.half:.2f} dB"
+            # DESIGN §8: below the reference is no leak measured, not a ranking
+            return measured if self.either_leaks else f"{measured}, neither side leaks"
         return NOT_RESOLVED
 
 
@@ -425,7 +428,9 @@ def _paired_row(value: str, setting: dict[str, str], pairs: list[tuple[RunRow, R
         return PairedRow(value, setting, pooled, None, None)
     diffs = [d for a, b in pairs if (d := _difference(a, b, "leakage_db")) is not None]
     psnr = [d for a, b in pairs if (d := _difference(a, b, "psnr")) is not None]
-    return PairedRow(value, setting, pooled, t_interval(diffs), float(np.mean(psnr)) if psnr else None)
+    sides = [_interval([pair[i] for pair in pairs], "leakage_db") for i in (0, 1)]
+    either = any(side is not None and side.low > 0 for side in sides)
+    return PairedRow(value, setting, pooled, t_interval(diffs), float(np.mean(psnr)) if psnr else None, either)
 
 
 def comparisons(study: StudyResults) -> list[Comparison]:
