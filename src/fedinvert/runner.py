@@ -32,6 +32,7 @@ from fedinvert.config.schema import DEFAULTS as _CONFIG_DEFAULTS
 from fedinvert.config.validation import VICTIM_TRAINING, validate_config
 from fedinvert.data import check_normalization, load_batch, public_images, resolve_normalization
 from fedinvert.data.base import DATASETS
+from fedinvert.data.loader import build_dataset
 from fedinvert.defenses import build_defenses, client_count, federated_round
 from fedinvert.errors import CheckpointError, ConfigError, FedinvertError, ObservationError
 from fedinvert.fl import GUESSED_LOCAL_TRAINING, FedAvgClient, FedSGDClient, split_clients
@@ -138,7 +139,7 @@ def build_scenario(cfg: dict[str, Any], *, attack: Attack | None = None) -> Scen
     if indices is not None and not isinstance(indices, list):
         indices = [indices]
     label_map = ds_cfg.pop("label_map", None)
-    known = {"split", "unique_labels", "shared_labels", "root"}
+    known = {"batch", "split", "unique_labels", "shared_labels", "root"}
     extra = sorted(set(ds_cfg) - known)
     if extra:
         raise ConfigError(
@@ -166,6 +167,7 @@ def build_scenario(cfg: dict[str, Any], *, attack: Attack | None = None) -> Scen
         seed=seed,
         unique_labels=bool(ds_cfg.get("unique_labels", False)),
         shared_labels=ds_cfg.get("shared_labels"),
+        batch=ds_cfg.get("batch"),
         root=ds_cfg.get("root"),
     )
     images, labels = batch.images, batch.labels
@@ -645,6 +647,7 @@ def evaluate_run(
             result["reid_top1"] = metrics_mod.reid_top1(scenario.private, paired, distractors.images)
             result["reid_distractors"] = len(distractors)
             result["reid_source"] = distractors.source
+    result["mapping_accuracy"] = _mapping_accuracy(scenario, rec, result.get("order"))
     if rec.stages:
         stages = []
         for stage in rec.stages:
@@ -660,6 +663,20 @@ def evaluate_run(
             stages.append(row)
         result["stages"] = stages
     return result
+
+
+def _mapping_accuracy(scenario: Scenario, rec: Reconstruction, order: list[int] | None) -> float | None:
+    """The share of matched reconstructions that GIFD's label mapping generated under their private image's
+    true class of the data set (before ``dataset.label_map``); None when the run did no label mapping."""
+    mapping = rec.extras.get("label_mapping")
+    info = scenario.info.get("data") or {}
+    if not isinstance(mapping, dict) or "mapped_labels" not in mapping or order is None or "indices" not in info:
+        return None
+    dataset = build_dataset(info["dataset"], root=info.get("root"))
+    classes = dataset.labels(split=info["split"])[np.asarray(info["indices"][: len(order)])]
+    mapped = mapping["mapped_labels"]
+    hits = sum(int(mapped[order[i]] == int(classes[i])) for i in range(len(order)))
+    return hits / len(order)
 
 
 def _stage_summary(extras: dict[str, Any], name: str) -> dict[str, Any]:

@@ -458,3 +458,21 @@ def test_shared_labels_bad_values_are_config_errors() -> None:
         load_batch("fashion-mnist", batch_size=11, seed=0, shared_labels=0)
     with pytest.raises(ConfigError, match="without dataset.indices"):
         load_batch("fashion-mnist", batch_size=2, seed=0, shared_labels=2, indices=[0, 1])
+
+
+def test_dataset_batch_is_a_fixed_layout_of_disjoint_batches() -> None:
+    from fedinvert.data.loader import layout_indices
+
+    first = [load_batch("photos", batch_size=1, batch=k, seed=k).indices for k in range(11)]
+    assert sorted(i for b in first for i in b) == list(range(11))  # 11 photos: 11 disjoint batches of 1
+    assert load_batch("photos", batch_size=1, batch=3, seed=0).indices == first[3]  # whatever the run's seed
+    labels = np.arange(40) % 10
+    batches = [layout_indices(labels, batch_size=4, batch=k, num_classes=10, unique_labels=True) for k in range(8)]
+    assert all(len(set(labels[b])) == 4 for b in batches)
+    assert len({int(i) for b in batches for i in b}) == 32
+    with pytest.raises(ConfigError, match="too few images for 11"):
+        layout_indices(labels, batch_size=4, batch=10, num_classes=10)
+    with pytest.raises(ConfigError, match="without dataset.indices"):
+        load_batch("photos", batch_size=1, batch=0, indices=[2])
+    with pytest.raises(ConfigError, match="integer >= 0"):
+        load_batch("photos", batch_size=1, batch=-1)

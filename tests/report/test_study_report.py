@@ -165,6 +165,24 @@ def test_a_leaking_cell_and_a_resolved_difference(tmp_path):
     assert "reconstruction.png is missing" in page
 
 
+def test_a_comparison_along_a_zipped_axis_holds_its_partners(tmp_path):
+    # attack.name is zipped with its budget (attack): pairs match seeds although the budgets differ
+    (tmp_path / "sweep.json").write_text(json.dumps({
+        "name": "z", "axes": ["attack.name", "attack", "seed"], "zip": [["attack.name", "attack"]],
+        "compare": [{"axis": "attack.name", "baseline": "a"}]}))
+    lines = ["id,status,error,attack.name,attack,seed," + ",".join(METRICS) + ",folder"]
+    for i, (name, budget, leak) in enumerate([("a", "x", 1.0), ("a", "x", 1.5), ("a", "x", 2.0),
+                                              ("b", "y", 5.0), ("b", "y", 6.0), ("b", "y", 7.0)]):
+        lines.append(f"r{i},ok,,{name},{budget},{i % 3},{20 + leak},0.5,0.01,1.0,{leak},20,1.0,0.1,10,")
+    (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
+    (row,) = comparisons(load_study(tmp_path))[0].rows
+    assert row.n == 3 and row.setting == {} and row.verdict == "+4.50 ± 1.24 dB"
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "z", "axes": ["attack.name", "seed"],
+                                                     "zip": [["attack.name", "nope"]]}))
+    with pytest.raises(ConfigError, match="'zip' must be"):
+        load_study(tmp_path)
+
+
 # -- the page ---------------------------------------------------------------------------------------------
 def _chromium(page: Path, *args: str, tmp: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",

@@ -60,6 +60,25 @@ def test_axes_cross_and_zip(tmp_path):
     assert cfg["attack"]["iterations"] == 5 and cfg["attack"]["lr"] == 0.1 and cfg["image_size"] == 16
 
 
+def test_mapping_and_preset_axis_values(tmp_path):
+    # each attack with its own budget: a mapping value applies its leaves together, zipped with the name
+    study = load_study(write_study(tmp_path, """\
+        zip:
+          - attack.name: [inverting_gradients, dlg]
+            attack: [{iterations: 7, restarts: 2}, {iterations: 3}]
+        """))
+    ig, dlg = study.runs()
+    assert (ig.config["attack"]["name"], ig.config["attack"]["iterations"], ig.config["attack"]["restarts"]) == (
+        "inverting_gradients", 7, 2)
+    assert (dlg.config["attack"]["name"], dlg.config["attack"]["iterations"]) == ("dlg", 3)
+    # a preset axis sets a scenario; the base's keys still win over it
+    runs = load_study(write_study(tmp_path, "axes: {preset: [id-fashion, ood-face-lfw]}\n", name="p")).runs()
+    assert [r.config["prior"]["name"] for r in runs] == ["fashion", "face-dcgan"]
+    assert all(r.config["dataset"]["name"] == "photos" and r.config["image_size"] == 16 for r in runs)
+    with pytest.raises(ConfigError, match="preset names"):
+        load_study(write_study(tmp_path, "axes: {preset: [3]}\n", name="q")).runs()
+
+
 def test_ids_hash_the_resolved_config_only(tmp_path):
     a = load_study(write_study(tmp_path, "axes: {seed: [0, 1], batch_size: [1, 2]}\n", name="a")).runs()
     b = load_study(write_study(tmp_path, "axes: {batch_size: [2, 1], seed: [1, 0]}\n", name="b")).runs()
@@ -93,6 +112,8 @@ def test_full_section_replaces_axes():
     data = {"base": {"attack": "dlg"}, "axes": {"seed": [0, 1]}, "full": {"axes": {"seed": list(range(16))}}}
     assert len(parse_study(data, source="x", name="x").axes["seed"]) == 2
     assert len(parse_study(data, source="x", name="x", full=True).axes["seed"]) == 16
+    data["full"]["axes"] = {"seed": None, "batch_size": [1, 2]}  # null drops an axis
+    assert list(parse_study(data, source="x", name="x", full=True).axes) == ["batch_size"]
     with pytest.raises(ConfigError, match="no full"):
         parse_study({"axes": {"seed": [0]}}, source="x", name="x", full=True)
 

@@ -32,7 +32,7 @@ GROUPS = ("attack", "model", "dataset", "prior", "protocol")
 DEFAULTS: dict[str, Any] = {
     "attack": {"name": "inverting_gradients"},
     "model": {"name": "lenet-dlg"},
-    "dataset": {"name": "photos", "indices": None, "split": None, "unique_labels": False, "shared_labels": None, "root": None},
+    "dataset": {"name": "photos", "indices": None, "batch": None, "split": None, "unique_labels": False, "shared_labels": None, "root": None},
     "prior": None,
     "defense": {},
     "protocol": {"name": "fedsgd", "mode": "eval"},

@@ -303,6 +303,7 @@ THREAT: dict[str, Any] = {
 DATASET: dict[str, Any] = {
     "name": str,
     "indices": _optional(Union[_list_of(_count(0), MAX_LIST_ENTRIES), _count(0)]),  # noqa: UP007
+    "batch": _optional(_count(0, 1_000_000)),
     "split": _optional(str),
     "unique_labels": bool,
     "shared_labels": _optional(_count(0, MAX_LIST_ENTRIES)),

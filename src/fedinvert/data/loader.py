@@ -205,6 +205,50 @@ def sample_indices(
     return order[np.sort(first)[:batch_size]].astype(np.int64)
 
 
+LAYOUT_SEED = 20_261_204
+"""Seeds the fixed order of `layout_indices` (independent of every run's seed, so batch k is the same images
+whatever seed the run has)."""
+
+
+def layout_indices(
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    batch: int,
+    num_classes: int,
+    unique_labels: bool = False,
+    where: str = "the split",
+) -> np.ndarray:
+    """Positions of private batch ``batch`` (0, 1, ...) of a fixed layout: disjoint batches of ``batch_size``.
+
+    The split's positions are put in one fixed random order (`LAYOUT_SEED`) and dealt into consecutive batches;
+    with ``unique_labels`` each batch takes, in that order, the next unused positions whose labels it does not
+    hold yet. Batch k therefore shares no image with batches 0..k-1 of the same size, for any run seed: the
+    replicate axis of a study (``dataset.batch: [0, 1, ..., 7]``) is then 8 distinct private batches.
+    """
+    if unique_labels and batch_size > num_classes:
+        raise ConfigError(f"unique_labels needs batch_size <= num_classes ({num_classes}), got batch_size={batch_size}")
+    order = list(np.random.default_rng(LAYOUT_SEED).permutation(len(labels)))
+    chosen: list[int] = []
+    for _ in range(batch + 1):
+        chosen, seen, rest = [], set(), []
+        for i, position in enumerate(order):
+            label = int(labels[position])
+            if unique_labels and label in seen:
+                rest.append(position)
+                continue
+            chosen.append(position)
+            seen.add(label)
+            if len(chosen) == batch_size:
+                rest.extend(order[i + 1:])
+                break
+        if len(chosen) < batch_size:
+            need = "disjoint batches of " + str(batch_size) + (" distinct labels" if unique_labels else "")
+            raise ConfigError(f"dataset.batch={batch}: {where} holds too few images for {batch + 1} {need}")
+        order = rest
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
 def _sharing(labels: np.ndarray, order: np.ndarray, batch_size: int, shared: int, where: str) -> np.ndarray:
     """Positions of `sample_indices` with ``shared_labels``: ``shared`` of one label, the rest distinct."""
     if shared == 1 or shared > batch_size:
@@ -241,6 +285,7 @@ def load_batch(
     seed: int = 0,
     unique_labels: bool = False,
     shared_labels: int | None = None,
+    batch: int | None = None,
     root: str | Path | None = None,
 ) -> Batch:
     """Draw a private batch from the data set registered as ``name``.
@@ -262,6 +307,8 @@ def load_batch(
             checks that their labels are distinct.
         shared_labels: draw a batch in which exactly this many images share one label and the others have
             distinct labels (0: none shared); see `sample_indices`. Not with ``indices`` or ``unique_labels``.
+        batch: take private batch k of a fixed layout of disjoint batches (see `layout_indices`) instead of
+            a draw from the seed; not with ``indices`` or ``shared_labels``.
         root: where the files of ``fashion-mnist``, ``folder``, ``cifar10`` and ``cifar100`` are.
 
     Returns:
@@ -283,7 +330,15 @@ def load_batch(
     if shared_labels is not None and (indices is not None or unique_labels):
         raise ConfigError("dataset.shared_labels draws the batch itself: give it without dataset.indices and"
                           " dataset.unique_labels")
-    if indices is None:
+    if batch is not None and (indices is not None or shared_labels is not None):
+        raise ConfigError("dataset.batch picks the batch from a fixed layout: give it without dataset.indices and"
+                          " dataset.shared_labels")
+    if batch is not None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
+            raise ConfigError(f"dataset.batch must be an integer >= 0, got {batch!r}")
+        chosen = layout_indices(labels, batch_size=batch_size, batch=batch, num_classes=dataset.num_classes,
+                                unique_labels=unique_labels, where=where)
+    elif indices is None:
         chosen = sample_indices(
             labels,
             batch_size=batch_size,

@@ -66,7 +66,7 @@ window.addEventListener("load", function () {
 """
 
 _NUMERIC_HEADERS = {"n", "failed", "pairs", "PSNR dB", "reference dB", "leakage dB", "SSIM", "label acc", "re-id",
-                    "grad cos",
+                    "grad cos", "mapping acc",
                     "seconds", "leakage diff dB", "PSNR diff dB", "distance", "PSNR", "leakage"}
 
 
@@ -208,7 +208,7 @@ def axis_plot(study: StudyResults, found: Sequence[Cell], axis: str) -> bytes:
     lines: dict[str, list[Cell]] = {}
     for c in found:
         if c.runs and c.psnr is not None:
-            rest = {k: v for k, v in c.values.items() if k != axis}
+            rest = {k: v for k, v in c.values.items() if k not in study.partners(axis)}
             lines.setdefault(describe_values(rest) or "all", []).append(c)
     fig = Figure(figsize=(10, 3.8), dpi=100)
     FigureCanvasAgg(fig)

@@ -40,7 +40,7 @@ MIN_PAIRS_FOR_CLAIM = 8
 BASE_COLUMNS = ("id", "status", "error")
 STATUSES = ("ok", "failed")
 #: metric columns shown when results.csv has them and some run reports them (Proposition 1's gradient cosine)
-OPTIONAL_COLUMNS = ("gradient_cosine",)
+OPTIONAL_COLUMNS = ("gradient_cosine", "mapping_accuracy")
 
 
 # -- the folder --------------------------------------------------------------------------------------------
@@ -79,6 +79,11 @@ class StudyResults:
     command: str
     rows: list[RunRow]
     columns: list[str] = field(default_factory=list)
+    zips: list[list[str]] = field(default_factory=list)
+
+    def partners(self, axis: str) -> list[str]:
+        """``axis`` and the axes zipped with it (they vary together, so a comparison along one holds them all)."""
+        return next((group for group in self.zips if axis in group), [axis])
 
     @property
     def settings(self) -> list[str]:
@@ -131,6 +136,9 @@ def _sweep_info(path: Path) -> dict[str, Any]:
             raise ConfigError(f"report: {path}: compare[{i}] must be {{\"axis\": KEY, \"baseline\": VALUE}}, got {entry!r}")
         if entry["axis"] not in axes:
             raise ConfigError(f"report: {path}: compare[{i}].axis {entry['axis']!r} is not an axis ({', '.join(axes)})")
+    zips = info.get("zip") or []
+    if not isinstance(zips, list) or any(not isinstance(g, list) or any(a not in axes for a in g) for g in zips):
+        raise ConfigError(f"report: {path}: 'zip' must be a list of lists of axes ({', '.join(axes)}), got {zips!r}")
     for key, kind in (("name", str), ("command", str), ("total", int)):
         if key in info and info[key] is not None and (not isinstance(info[key], kind) or isinstance(info[key], bool)):
             raise ConfigError(f"report: {path}: '{key}' must be a {kind.__name__}, got {info[key]!r}")
@@ -218,6 +226,7 @@ def load_study(directory: str | Path) -> StudyResults:
         command=info.get("command") or "",
         rows=rows,
         columns=columns,
+        zips=[list(group) for group in info.get("zip") or []],
     )
 
 
@@ -315,6 +324,7 @@ class Cell:
     seconds: float | None
     verdict: str
     gradient_cosine: float | None = None
+    mapping_accuracy: float | None = None
 
     @property
     def n(self) -> int:
@@ -357,6 +367,7 @@ def cells(study: StudyResults) -> list[Cell]:
             seconds=_mean(ok, "seconds"),
             verdict=leak_verdict(leakage) if ok else "no finished run",
             gradient_cosine=_mean(ok, "gradient_cosine"),
+            mapping_accuracy=_mean(ok, "mapping_accuracy"),
         ))
     return out
 
@@ -404,7 +415,7 @@ class Comparison:
 
 
 def _pairs(study: StudyResults, axis: str, baseline: str, value: str) -> list[tuple[RunRow, RunRow]]:
-    rest = [a for a in study.axes if a != axis]
+    rest = [a for a in study.axes if a not in study.partners(axis)]
     base: dict[tuple[str, ...], RunRow] = {}
     for row in study.rows:
         if row.ok and row.values[axis] == baseline and row.metrics.get("leakage_db") is not None:
@@ -445,7 +456,7 @@ def comparisons(study: StudyResults) -> list[Comparison]:
         axis = entry["axis"]
         baseline = cell_text(entry["baseline"])
         others = list(dict.fromkeys(r.values[axis] for r in study.rows if r.values[axis] != baseline))
-        setting_axes = [a for a in study.settings if a != axis]
+        setting_axes = [a for a in study.settings if a not in study.partners(axis)]
         rows: list[PairedRow] = []
         for value in others:
             pairs = _pairs(study, axis, baseline, value)
@@ -483,8 +494,11 @@ def cell_table(study: StudyResults, found: Sequence[Cell] | None = None) -> tupl
               "re-id", "seconds", "verdict"]
     found = cells(study) if found is None else found
     cosine = any(c.gradient_cosine is not None for c in found)
+    mapping = any(c.mapping_accuracy is not None for c in found)
     if cosine:
         header.insert(-1, "grad cos")
+    if mapping:
+        header.insert(-1, "mapping acc")
     rows = []
     for c in found:
         row = [*c.values.values(), str(c.n), str(len(c.failed)), fmt_interval(c.psnr), fmt(c.reference_psnr),
@@ -492,6 +506,8 @@ def cell_table(study: StudyResults, found: Sequence[Cell] | None = None) -> tupl
                fmt(c.reid_top1), fmt(c.seconds), c.verdict]
         if cosine:
             row.insert(-1, fmt(c.gradient_cosine, ".3f"))
+        if mapping:
+            row.insert(-1, fmt(c.mapping_accuracy))
         rows.append(row)
     return header, rows
 

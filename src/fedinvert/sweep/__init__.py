@@ -100,6 +100,7 @@ def _describe_folder(plan: SweepPlan) -> dict[str, Any]:
         "description": study.description,
         "axes": study.axis_keys,
         "replicates": study.replicates,
+        "zip": [list(group) for group in study.zips],
         "compare": study.compare,
         "total": len(plan.runs),
         "full": plan.full,

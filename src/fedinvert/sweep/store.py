@@ -27,7 +27,7 @@ from fedinvert.errors import ConfigError
 METRIC_COLUMNS = (
     "psnr", "ssim", "mse", "label_accuracy", "leakage_db", "reference_psnr", "reid_top1", "seconds", "iterations",
 )
-EXTRA_COLUMNS = ("st_lpips", "feature_distance", "gradient_cosine", "compile_seconds", "stage")
+EXTRA_COLUMNS = ("st_lpips", "feature_distance", "gradient_cosine", "mapping_accuracy", "compile_seconds", "stage")
 MARKER = "sweep.json"
 _SCHEMA = """
 create table if not exists runs (
@@ -50,6 +50,7 @@ def metric_row(metrics: dict[str, Any]) -> dict[str, Any]:
     row["st_lpips"] = metrics.get("st_lpips")
     row["feature_distance"] = metrics.get("feature_distance")
     row["gradient_cosine"] = metrics.get("gradient_cosine")
+    row["mapping_accuracy"] = metrics.get("mapping_accuracy")
     row["compile_seconds"] = metrics.get("compile_seconds")
     stages = metrics.get("stages") or []
     row["stage"] = next((s.get("stage") for s in stages if isinstance(s, dict) and s.get("chosen")), None)

@@ -11,10 +11,14 @@ axes:                               # dotted key -> list of values, crossed (the
   seed: [0, 1, 2, 3, 4, 5, 6, 7]
 zip:                                # optional: groups of axes varied together (equal lengths), crossed with the rest
   - {attack.name: [inverting_gradients, gifd], prior: [null, dcgan-face]}
+  - {preset: [id-fashion, ood-face-lfw]}  # an axis may name presets (applied first, then base and axes)
+  - {attack.name: [inverting_gradients, gifd],     # a mapping value applies all its leaves together:
+     attack: [{iterations: 1000}, {steps_per_stage: 100, restarts: 2}]}  # each attack with its own budget
 replicates: [seed]                  # axes that index private batches: a cell pools over them (default [seed])
 compare:                            # paired differences the report shows: each value against the baseline
   - {axis: attack.name, baseline: inverting_gradients}
 full:                               # the paper-scale study (`fedinvert sweep --full`): replaces base keys and axes
+                                    # (an axis given as null is dropped), and zip when it gives one
   axes: {batch_size: [1, 2, 4, 8, 16, 32, 64]}
 ```
 
@@ -92,7 +96,7 @@ class Study:
             for part in combo:
                 values.update(part)
             try:
-                cfg = resolve_config([*base, *overrides, *(override(k, v) for k, v in values.items())])
+                cfg = resolve_config([*base, *overrides, *(o for k, v in values.items() for o in axis_overrides(k, v))])
             except FedinvertError as err:
                 raise ConfigError(f"study {self.name}, run {describe(values)}: {err}") from None
             run_id = config_id(cfg)
@@ -119,6 +123,32 @@ def override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
+def axis_overrides(key: str, value: Any) -> list[str]:
+    """An axis value as ``key=value`` overrides: a preset name as ``preset=NAME``, a mapping as its leaves (a
+    group's ``name`` first), anything else as one override."""
+    if key == "preset":
+        if not isinstance(value, str):
+            raise ConfigError(f"axis preset: values must be preset names, got {show(value)}")
+        return [f"preset={value}"]
+    if isinstance(value, dict) and value and key != "defense":
+        out: list[str] = []
+        _leaves(key, value, out, where=f"axis {key}")
+        return out
+    return [override(key, value)]
+
+
+def _leaves(prefix: str, value: Any, out: list[str], *, where: str) -> None:
+    """Append ``prefix.leaf=value`` for every leaf of a mapping (a group's ``name`` before its keywords, so
+    naming a class resets the previous one's); ``defense`` and empty mappings are given whole."""
+    if isinstance(value, dict) and value and prefix != "defense":
+        for key in sorted(value, key=lambda k: k != "name"):
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}: keys must be strings, got {show(key)}")
+            _leaves(f"{prefix}.{key}", value[key], out, where=where)
+    else:
+        out.append(override(prefix, value))
+
+
 def base_overrides(base: dict[str, Any]) -> list[str]:
     """A base mapping as ``key=value`` overrides: ``preset`` first, then each leaf (a group's ``name`` before its
     keywords, so naming a class resets the previous one's); ``defense`` and empty mappings are given whole."""
@@ -129,16 +159,6 @@ def base_overrides(base: dict[str, Any]) -> list[str]:
             raise ConfigError(f"base.preset: must be a preset name or a list of them, got {show(name)}")
         out.append(f"preset={name}")
 
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and value and prefix != "defense":
-            keys = sorted(value, key=lambda k: k != "name")
-            for key in keys:
-                if not isinstance(key, str):
-                    raise ConfigError(f"base.{prefix}: keys must be strings, got {show(key)}")
-                walk(f"{prefix}.{key}", value[key])
-        else:
-            out.append(override(prefix, value))
-
     for key, value in base.items():
         if key == "preset":
             continue
@@ -147,7 +167,7 @@ def base_overrides(base: dict[str, Any]) -> list[str]:
         if key in GROUPS and isinstance(value, str):
             out.append(f"{key}.name={value}")
             continue
-        walk(key, value)
+        _leaves(key, value, out, where=f"base.{key}")
     return out
 
 
@@ -195,7 +215,12 @@ def parse_study(data: Any, *, source: str, name: str, full: bool = False) -> Stu
         if not isinstance(full_base, dict):
             raise ConfigError(f"study {source}: full.base must be a mapping, got {show(full_base)}")
         base = {**base, **full_base}
-        axes.update(_axis_lists(section.get("axes"), "full.axes"))
+        full_axes = section.get("axes")
+        if isinstance(full_axes, dict):  # an axis given as null is dropped (the full study zips it instead)
+            for key in [k for k, v in full_axes.items() if v is None]:
+                axes.pop(key, None)
+            full_axes = {k: v for k, v in full_axes.items() if v is not None}
+        axes.update(_axis_lists(full_axes, "full.axes"))
         if "zip" in section:
             zips = [_axis_lists(group, f"full.zip[{i}]") for i, group in enumerate(section["zip"] or [])]
     zips = [group for group in zips if group]
