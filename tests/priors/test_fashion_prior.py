@@ -136,6 +136,7 @@ def test_train_prior_resumes_from_its_folder_and_exports(tmp_path):
     assert resumed.step == 3 and resumed.last_losses == straight.last_losses
     _, meta = read_checkpoint(tmp_path / "a" / CHECKPOINT_FILE)
     assert meta["step"] == 3 and len(meta["commands"]) == 2
+    assert len(meta["code_revisions"]) == 2 and meta["data_sha256"] is None  # given images, not the IDX files
     assert (tmp_path / "a" / "samples" / "latest.png").is_file()
     info = json.loads((tmp_path / "a" / "fashion.json").read_text())
     assert info["steps"] == 3 and info["complete"] and info["torch"] == torch.__version__

@@ -31,6 +31,7 @@ from fedinvert.errors import ConfigError, DataNotFoundError
 from fedinvert.priors.base import Prior
 from fedinvert.priors.checkpoint import PathLike, load_strict, read_state_dict
 from fedinvert.priors.fashion import NUM_CLASSES, WEIGHTS_DIR
+from fedinvert.provenance import code_revision, fashion_checksums
 
 CLASSIFIER_FILE = WEIGHTS_DIR / "fashion_classifier.safetensors"
 #: Fashion-MNIST normalisation (DESIGN section 12); the padded border is 0 as in the 28x28 images.
@@ -299,7 +300,7 @@ def prior_quality(
 
 
 def classifier_metadata(result: ClassifierResult, *, command: list[str], seed: int) -> str:
-    """The JSON written beside the classifier's weights."""
+    """The JSON written beside the classifier's weights (trained on the Fashion-MNIST files installed here)."""
     return (
         json.dumps(
             {
@@ -312,6 +313,8 @@ def classifier_metadata(result: ClassifierResult, *, command: list[str], seed: i
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "data": "Fashion-MNIST train split padded to 32x32; accuracy on the test split padded likewise",
+                "code_revision": code_revision(),
+                "data_sha256": fashion_checksums("train", "test"),
             },
             indent=2,
         )

@@ -53,6 +53,7 @@ from fedinvert import seeding
 from fedinvert.errors import CheckpointError, ConfigError, DataNotFoundError
 from fedinvert.priors.checkpoint import PathLike, load_strict
 from fedinvert.priors.fashion import NUM_CLASSES, RESOLUTION, FashionGenerator
+from fedinvert.provenance import code_revision, fashion_checksums
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +217,8 @@ class GANTrainer:
         self.step = 0
         self.train_seconds = 0.0
         self.commands: list[list[str]] = []
+        #: The git revision each command ran at (None outside a checkout), parallel to ``commands``.
+        self.code_revisions: list[str | None] = []
         #: The step at which the EMA was (re)started from the live generator; its warm-up counts from here.
         self.ema_start = 0
         with torch.random.fork_rng(devices=[]):
@@ -310,6 +313,7 @@ class GANTrainer:
             "ema_start": self.ema_start,
             "settings": self.settings.as_json(),
             "commands": self.commands,
+            "code_revisions": self.code_revisions,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         }
@@ -352,6 +356,7 @@ class GANTrainer:
         self.train_seconds = float(meta["train_seconds"])
         self.ema_start = int(meta.get("ema_start", 0))
         self.commands = [list(c) for c in meta.get("commands", [])]
+        self.code_revisions = list(meta.get("code_revisions", [None] * len(self.commands)))
         self._epoch_order = None
         return meta
 
@@ -491,7 +496,10 @@ def export_generator(
         "prior": EXPORT_NAME,
         "architecture": "FashionGenerator (fedinvert.priors.fashion)",
         "training_commands": meta.get("commands", []),
+        "code_revisions": meta.get("code_revisions", []),
         "export_command": list(command) if command is not None else None,
+        "export_code_revision": code_revision(),
+        "data_sha256": meta.get("data_sha256"),
         "seed": settings.seed,
         "steps": meta["step"],
         "ema_start": meta.get("ema_start", 0),
@@ -606,8 +614,10 @@ def train_prior(
         raise ConfigError("sample_every must be >= 0 and checkpoint_every >= 1")
     folder = Path(out)
     path = folder / CHECKPOINT_FILE
+    data_sha256 = None
     if images is None:
         images, labels = fashion_train_images()
+        data_sha256 = fashion_checksums("train")
     elif labels is None:
         raise ConfigError("give labels with images")
     trainer = GANTrainer(images=pad_to_32(images), labels=labels, settings=settings)
@@ -623,7 +633,8 @@ def train_prior(
     if restart_ema:
         trainer.restart_ema()
     trainer.commands.append(list(command) if command is not None else ["train_prior"])
-    extra = {"total_steps": total}
+    trainer.code_revisions.append(code_revision())
+    extra = {"total_steps": total, "data_sha256": data_sha256}
 
     def snapshot(step: int) -> None:
         averaged = standing_stats(trainer.ema, seed=settings.seed, **_standing_batches(standing_samples))
