@@ -1,7 +1,7 @@
 """A paired sweep of the generation-based attacks' keywords at the budget users run here (1000 gradient
-evaluations a private batch, as in ``gen_gia.py``): are the papers' defaults the best choice there?
+evaluations a private batch, as in ``gen_gia.yaml``): are the papers' defaults the best choice there?
 
-Every candidate attacks the same private batches as ``gen_gia.py``'s photos cell (8 bundled photos, B = 1,
+Every candidate attacks the same private batches as ``gen_gia.yaml``'s photos cell (8 bundled photos, B = 1,
 32 px, half-width ReLU ConvNet, labels inferred, face DCGAN prior; ``--setting lfw --batch-size 4`` for its LFW
 cell), through the runner. Printed per candidate:
 PSNR and leakage over the no-leak reference (mean ± 95 % interval over the batches) and the paired difference
@@ -22,7 +22,29 @@ from typing import Any
 
 from _stats import batch_indices, paired, run_cell, summarize
 from _tables import companion, parse_sized, print_cells, print_pairs, sized_parser, write_csv
-from gen_gia import DEFAULT_BUDGETS, SMOKE_BUDGETS, overrides
+
+PRIOR = "face-dcgan"
+#: attack -> (overrides, the budget in words): 1,000 gradient evaluations a private batch (benchmarks/gen_gia.yaml)
+DEFAULT_BUDGETS: dict[str, tuple[list[str], str]] = {
+    "gifd": (["attack.steps_per_stage=100", "attack.restarts=2"], "5 stages × 100 × 2"),
+    "gifd-z": (["attack.steps_per_stage=500", "attack.restarts=2"], "500 × 2"),
+    "ggl": (["attack.iterations=100", "attack.population=10"], "CMA-ES 100 × 10"),
+    "gias": (["attack.latent_steps=170", "attack.finetune_steps=330", "attack.restarts=2"], "(170 + 330) × 2"),
+}
+SMOKE_BUDGETS: dict[str, tuple[list[str], str]] = {
+    "gifd": (["attack.steps_per_stage=2", "attack.restarts=1"], "smoke"),
+    "gifd-z": (["attack.steps_per_stage=2", "attack.restarts=1"], "smoke"),
+    "ggl": (["attack.iterations=2", "attack.population=4"], "smoke"),
+    "gias": (["attack.latent_steps=2", "attack.finetune_steps=2", "attack.restarts=1"], "smoke"),
+}
+SETTINGS = {"lfw": ["dataset=lfw", "channels=3"], "photos": ["dataset=photos"]}
+
+
+def overrides(setting: str, batch_size: int, image_size: int, attack: str, budget: list[str]) -> list[str]:
+    """The keys of benchmarks/gen_gia.yaml's cell ``setting`` (lfw or photos) for ``attack`` at ``budget``."""
+    return [*SETTINGS[setting], "dataset.unique_labels=true", f"batch_size={batch_size}", f"image_size={image_size}",
+            "model=convnet", "model.width=0.5", f"prior={PRIOR}", f"attack={attack}", *budget,
+            "attack.compile=false", "progress=false", "device=cpu"]
 
 #: attack -> candidate name -> keyword overrides ("defaults" = the attack's own defaults)
 CANDIDATES: dict[str, dict[str, list[str]]] = {

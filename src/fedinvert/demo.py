@@ -17,10 +17,9 @@ from pathlib import Path
 from fedinvert.errors import ConfigError
 
 #: The scenario both attacks see: a real photo (the rocket, 32 px) through a half-width ReLU ConvNet, the face
-#: DCGAN as GIFD's prior (out of its distribution), labels inferred. It is batch 6 of `benchmarks/gen_gia.py`'s
-#: photo cell, where both attacks leak over 8 private batches at this budget (gen_gia.csv: GIFD +4.5 ± 3.6 dB,
-#: IG +5.1 ± 4.1 dB over the no-leak reference); on LFW faces at 64 px neither leaks measurably over 8 faces at
-#: a demo's budget (`benchmarks/convergence.py --cells demo-gifd,demo-ig`).
+#: DCGAN as GIFD's prior (out of its distribution), labels inferred. Over 8 photos at this budget both leak
+#: (benchmarks/results/convergence_demo.csv: GIFD +4.64 ± 4.10 dB, IG +5.09 ± 4.31 over the no-leak reference);
+#: over the 8 photos of benchmarks/gen_gia.yaml at 1000 evaluations neither does measurably (docs/results/gen_gia).
 DEMO_SCENARIO = ["dataset=photos", "dataset.indices=[3]", "dataset.unique_labels=true", "batch_size=1",
                  "image_size=32", "model=convnet", "model.width=0.5", "prior=face-dcgan", "seed=6", "progress=false"]
 #: GIFD's demo budget: 5 stages × 60 steps × 2 restarts (eager; compiling would cost more than it saves).

@@ -312,3 +312,31 @@ def test_a_resolved_difference_between_two_non_leaking_sides_is_no_ranking():
     assert leaking.verdict == "+1.00 ± 0.50 dB"
     assert neither.verdict == "+1.00 ± 0.50 dB, neither side leaks"
     assert PairedRow("b", {}, False, Interval(0.1, 0.5, 8), 0.1, False).verdict == "not resolved"
+
+
+def test_exact_share_of_an_imprint_run_reaches_the_report(tmp_path):
+    # a real analytic run: its share of images at >= 60 dB after matching, through results.csv into the table
+    from fedinvert.sweep.store import EXACT_PSNR_DB, metric_row
+
+    out = tmp_path / "runs" / "imp"
+    run(resolve_config(["progress=false", "device=cpu", "attack=imprint", "threat.server=malicious",
+                        "model=convnet", "model.width=0.25", "dataset=fashion-mnist", "image_size=28",
+                        "channels=1", "batch_size=8", "seed=0", f"out={out}"]))
+    metrics = json.loads((out / "metrics.json").read_text())
+    scores = [p["psnr"] for p in metrics["per_image"]]
+    share = metric_row(metrics)["exact_share"]
+    assert share == sum(s >= EXACT_PSNR_DB for s in scores) / 8
+    assert 0.5 <= share <= 1.0  # imprint recovers most of 8 images exactly (measured: 8 of 8 at seed 0)
+    assert metric_row({"per_image": []})["exact_share"] is None
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "e", "axes": ["seed"], "replicates": ["seed"]}))
+    flat = metric_row(metrics)
+    header = ["id", "status", "error", "seed", *METRICS, "exact_share", "folder"]
+    line = ["imp", "ok", "", "0", *("" if flat.get(k) is None else str(flat[k]) for k in METRICS), str(share),
+            "runs/imp"]
+    (tmp_path / "results.csv").write_text(",".join(header) + "\n" + ",".join(line) + "\n")
+    (cell,) = cells(load_study(tmp_path))
+    assert cell.exact_share == pytest.approx(share)
+    lines = text_report(tmp_path).splitlines()
+    at = next(i for i, text in enumerate(lines) if "exact share" in text)
+    header_fields, row_fields = (re.split(r"\s{2,}", lines[i].strip()) for i in (at, at + 2))
+    assert row_fields[header_fields.index("exact share")] == f"{share:.2f}"

@@ -118,6 +118,19 @@ def test_full_section_replaces_axes():
         parse_study({"axes": {"seed": [0]}}, source="x", name="x", full=True)
 
 
+def test_full_section_may_replace_compare():
+    # a baseline that is a mapping changes with the budget: full: gives its own compare
+    low, high = {"name": "dlg", "iterations": 5}, {"name": "dlg", "iterations": 500}
+    data = {"axes": {"attack": [low, {"name": "idlg"}], "seed": [0, 1]},
+            "compare": [{"axis": "attack", "baseline": low}],
+            "full": {"axes": {"attack": [high, {"name": "idlg"}]}}}
+    with pytest.raises(ConfigError, match="baseline.*not a value of attack"):
+        parse_study(data, source="x", name="x", full=True)
+    data["full"]["compare"] = [{"axis": "attack", "baseline": high}]
+    assert parse_study(data, source="x", name="x", full=True).compare == [{"axis": "attack", "baseline": high}]
+    assert parse_study(data, source="x", name="x").compare == [{"axis": "attack", "baseline": low}]
+
+
 # -- running and resuming -----------------------------------------------------------------------------
 def test_sweep_stores_every_run_and_repeats_none(tmp_path):
     study = write_study(tmp_path, """\

@@ -40,7 +40,7 @@ MIN_PAIRS_FOR_CLAIM = 8
 BASE_COLUMNS = ("id", "status", "error")
 STATUSES = ("ok", "failed")
 #: metric columns shown when results.csv has them and some run reports them (Proposition 1's gradient cosine)
-OPTIONAL_COLUMNS = ("gradient_cosine", "mapping_accuracy")
+OPTIONAL_COLUMNS = ("gradient_cosine", "mapping_accuracy", "exact_share")
 
 
 # -- the folder --------------------------------------------------------------------------------------------
@@ -325,6 +325,7 @@ class Cell:
     verdict: str
     gradient_cosine: float | None = None
     mapping_accuracy: float | None = None
+    exact_share: float | None = None
 
     @property
     def n(self) -> int:
@@ -368,6 +369,7 @@ def cells(study: StudyResults) -> list[Cell]:
             verdict=leak_verdict(leakage) if ok else "no finished run",
             gradient_cosine=_mean(ok, "gradient_cosine"),
             mapping_accuracy=_mean(ok, "mapping_accuracy"),
+            exact_share=_mean(ok, "exact_share"),
         ))
     return out
 
@@ -495,10 +497,13 @@ def cell_table(study: StudyResults, found: Sequence[Cell] | None = None) -> tupl
     found = cells(study) if found is None else found
     cosine = any(c.gradient_cosine is not None for c in found)
     mapping = any(c.mapping_accuracy is not None for c in found)
+    exact = any(c.exact_share is not None and c.exact_share > 0 for c in found)
     if cosine:
         header.insert(-1, "grad cos")
     if mapping:
         header.insert(-1, "mapping acc")
+    if exact:
+        header.insert(-1, "exact share")
     rows = []
     for c in found:
         row = [*c.values.values(), str(c.n), str(len(c.failed)), fmt_interval(c.psnr), fmt(c.reference_psnr),
@@ -508,6 +513,8 @@ def cell_table(study: StudyResults, found: Sequence[Cell] | None = None) -> tupl
             row.insert(-1, fmt(c.gradient_cosine, ".3f"))
         if mapping:
             row.insert(-1, fmt(c.mapping_accuracy))
+        if exact:
+            row.insert(-1, fmt(c.exact_share))
         rows.append(row)
     return header, rows
 

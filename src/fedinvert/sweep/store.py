@@ -27,7 +27,11 @@ from fedinvert.errors import ConfigError
 METRIC_COLUMNS = (
     "psnr", "ssim", "mse", "label_accuracy", "leakage_db", "reference_psnr", "reid_top1", "seconds", "iterations",
 )
-EXTRA_COLUMNS = ("st_lpips", "feature_distance", "gradient_cosine", "mapping_accuracy", "compile_seconds", "stage")
+EXTRA_COLUMNS = ("st_lpips", "feature_distance", "gradient_cosine", "mapping_accuracy", "exact_share", "compile_seconds",
+                 "stage")
+EXACT_PSNR_DB = 60.0
+"""A reconstructed image at this PSNR or above counts as recovered exactly (``exact_share``; float32 rounding
+of an exact analytic recovery lands well above it, any optimisation-based result well below)."""
 MARKER = "sweep.json"
 _SCHEMA = """
 create table if not exists runs (
@@ -51,10 +55,23 @@ def metric_row(metrics: dict[str, Any]) -> dict[str, Any]:
     row["feature_distance"] = metrics.get("feature_distance")
     row["gradient_cosine"] = metrics.get("gradient_cosine")
     row["mapping_accuracy"] = metrics.get("mapping_accuracy")
+    row["exact_share"] = exact_share(metrics.get("per_image"))
     row["compile_seconds"] = metrics.get("compile_seconds")
     stages = metrics.get("stages") or []
     row["stage"] = next((s.get("stage") for s in stages if isinstance(s, dict) and s.get("chosen")), None)
     return row
+
+
+def exact_share(per_image: Any) -> float | None:
+    """The share of a batch's images recovered at `EXACT_PSNR_DB` or above, after matching (None without
+    per-image scores)."""
+    if not isinstance(per_image, list) or not per_image:
+        return None
+    scores = [p.get("psnr") for p in per_image if isinstance(p, dict)]
+    numbers = [float(x) for x in scores if isinstance(x, int | float)]
+    if not numbers or len(numbers) != len(per_image):
+        return None
+    return sum(x >= EXACT_PSNR_DB for x in numbers) / len(numbers)
 
 
 def cell_text(value: Any) -> str:

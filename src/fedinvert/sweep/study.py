@@ -18,7 +18,7 @@ replicates: [seed]                  # axes that index private batches: a cell po
 compare:                            # paired differences the report shows: each value against the baseline
   - {axis: attack.name, baseline: inverting_gradients}
 full:                               # the paper-scale study (`fedinvert sweep --full`): replaces base keys and axes
-                                    # (an axis given as null is dropped), and zip when it gives one
+                                    # (an axis given as null is dropped), and zip and compare when it gives them
   axes: {batch_size: [1, 2, 4, 8, 16, 32, 64]}
 ```
 
@@ -209,8 +209,8 @@ def parse_study(data: Any, *, source: str, name: str, full: bool = False) -> Stu
         section = data.get("full")
         if section is None:
             raise ConfigError(f"study {source} has no full: section for --full")
-        if not isinstance(section, dict) or set(section) - {"base", "axes", "zip"}:
-            raise ConfigError(f"study {source}: full: may hold base, axes and zip, got {show(section)}")
+        if not isinstance(section, dict) or set(section) - {"base", "axes", "zip", "compare"}:
+            raise ConfigError(f"study {source}: full: may hold base, axes, zip and compare, got {show(section)}")
         full_base = section.get("base") or {}
         if not isinstance(full_base, dict):
             raise ConfigError(f"study {source}: full.base must be a mapping, got {show(full_base)}")
@@ -241,7 +241,8 @@ def parse_study(data: Any, *, source: str, name: str, full: bool = False) -> Stu
         replicates = [replicates]
     if not isinstance(replicates, list) or any(r not in keys for r in replicates):
         raise ConfigError(f"study {source}: replicates must list axes of the study ({', '.join(keys)}), got {show(replicates)}")
-    compare = data.get("compare") or []
+    compare = (data.get("full") or {}).get("compare", data.get("compare")) if full else data.get("compare")
+    compare = compare or []
     if isinstance(compare, dict):
         compare = [compare]
     if not isinstance(compare, list):
