@@ -5,7 +5,8 @@
 
 Each ``fedinvert ...`` line of a ```` ```bash ```` block runs in one scratch folder (``benchmarks/`` linked
 into it), in page order, with its attack's budget cut down (`TINY`) and progress bars off; ```` ```python ````
-blocks run as they are; a ```` ```yaml ```` block after "Save this as `NAME`" is written to NAME first. A
+blocks run as they are; a ```` ```yaml ```` or ```` ```python ```` block after "Save this as `NAME`" is written to
+NAME instead; ``fedinvert audit`` runs at a tiny budget (`TINY_AUDIT`). A
 command must exit as `expected_exit` says (0, or 1 for a suspicious ``verify-model``, 2 for a refused input).
 Prints one line per command and ends with ``N passed, N failed``; exits 1 when any failed.
 """
@@ -43,6 +44,9 @@ TINY: dict[str, tuple[str, ...]] = {
 }
 #: Sweeps in the tutorials vary Inverting Gradients only; this shrinks every run of theirs.
 TINY_SWEEP = ("attack.iterations=20",)
+#: An audit's budget cut to seconds: two private batches, a few steps, two rounds of accuracy training.
+TINY_AUDIT = ("budget.batches=2", "budget.iterations=10", "budget.gifd_steps=2", "budget.rounds=2",
+              "budget.clients=2", "--no-progress")
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,9 @@ def steps(page: Path) -> list[Step]:
         where = f"{page.name}:{start + 1}"
         if language == "bash":
             found += [Step("command", line.strip(), where) for line in block if line.strip().startswith("fedinvert ")]
-        elif language == "python":
+        elif language == "python" and not save_as:
             found.append(Step("python", "\n".join(block), where))
-        elif language == "yaml" and save_as:
+        elif language in ("yaml", "python") and save_as:
             found.append(Step("file", "\n".join(block) + "\n", where, name=save_as))
             save_as = None
         i += 1
@@ -115,6 +119,8 @@ def tiny(words: list[str], folder: Path) -> list[str]:
     """``words`` (``fedinvert SUB ...``) with the budget cut down and progress off."""
     if words[1] == "attack":
         return [*words, *TINY.get(attack_name(words, folder) or "inverting_gradients", ()), "progress=false"]
+    if words[1] == "audit":
+        return [*words, *TINY_AUDIT]
     if words[1] == "sweep" and "--dry-run" not in words:
         out = next(i for i, w in enumerate(words) if w.startswith("out="))
         return [*words[: out + 1], *TINY_SWEEP, *words[out + 1 :], "--no-progress"]

@@ -42,7 +42,7 @@ def _commands(sub: str) -> list[list[str]]:
 
 
 def test_every_tutorial_has_commands():
-    assert [page.stem for page in PAGES] == ["analytic", "defenses", "generation", "optimization", "studies"]
+    assert [page.stem for page in PAGES] == ["analytic", "audit", "defenses", "generation", "optimization", "studies"]
     for page in PAGES:
         assert any(step.kind == "command" for step in check.steps(page)), page.name
 

@@ -1,4 +1,4 @@
-"""The `fedinvert` command line: attack, sweep, tune, report, demo, list, train-prior, verify-model.
+"""The `fedinvert` command line: attack, sweep, tune, audit, report, demo, list, train-prior, verify-model.
 
 Input errors print one line (``error: ...``) and exit with code 2; no traceback, nothing half-written.
 ``verify-model`` exits 0 when the received model is clean and 1 when it is suspicious.
@@ -131,6 +131,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if summary.interrupted:
         return 130
     return 1 if not any(row.status == "complete" for row in summary.rows) else 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from fedinvert.audit import plan_audit, run_audit
+
+    plan = plan_audit(args.overrides, budget=args.budget, threads=args.threads, command=["fedinvert", *args.argv])
+    summary = run_audit(plan, progress=not args.no_progress)
+    print("\n".join(summary.lines))
+    return 130 if summary.interrupted else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -327,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--sampler-seed", type=int, default=0, help="the TPE sampler's seed (default 0)")
     tune.add_argument("--no-progress", action="store_true", help="no progress bar")
     tune.set_defaults(func=cmd_tune, intermixed=True)
+    audit = sub.add_parser(
+        "audit", help="audit your own FL setup: one attack per family, defences at stronger settings, accuracy cost,"
+                      " verify-model, three-phase advice: fedinvert audit key=value ... [--budget quick] out=DIR",
+    )
+    audit.add_argument("overrides", nargs="*", help="your setup as for `fedinvert attack` (model, dataset, protocol,"
+                       " batch_size, defense, threat.server, ...), out=DIR (required), budget.<field>=value")
+    audit.add_argument("--budget", default="quick", help="quick (default: minutes on a CPU), standard, or full"
+                       " (paper scale, for a GPU)")
+    audit.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    audit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    audit.set_defaults(func=cmd_audit, intermixed=True)
     report = sub.add_parser("report", help="a study folder's tables and pictures as one HTML page (or --text)")
     report.add_argument("folder", help="the study folder a sweep wrote")
     report.add_argument("--text", action="store_true", help="print the tables as text instead")

@@ -40,7 +40,7 @@ def small_model(name: str, *, in_channels: int = 3, image_size: int = 16, seed: 
 
 
 def test_registry_holds_the_builtin_victims() -> None:
-    assert set(NAMES) == {"mlp", "lenet-dlg", "lenet5", "convnet", "resnet18", "resnet18-imagenet", "resnet34"}
+    assert set(NAMES) == {"mlp", "lenet-dlg", "lenet5", "convnet", "resnet18", "resnet18-imagenet", "resnet34", "vit"}
 
 
 @pytest.mark.parametrize("name", NAMES)

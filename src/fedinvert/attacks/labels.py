@@ -44,6 +44,13 @@ def _last_layer(obs: Observation) -> tuple[Tensor, Tensor | None]:
     """The observed update of the last linear layer: weight (K, D) and bias (K,) or None."""
     name, layer = _classifier(obs)
     prefix = f"{name}." if name else ""
+    if f"{prefix}weight" not in obs.update:
+        # a client that shares only some parameters (LoRA adapters, a frozen head) reveals no label counts
+        raise MissingCapabilityError(
+            f"label inference reads the classifier's update, and the update holds none for {prefix}weight"
+            f" (the client shares only {len(obs.update)} tensors, e.g. {next(iter(obs.update), 'none')!r}):"
+            " set threat.labels=known, or share the head (model.lora_head=true for a LoRA victim)"
+        )
     weight = obs.update[f"{prefix}weight"].detach().float()
     bias = obs.update.get(f"{prefix}bias") if layer.bias is not None else None
     sign = -1.0 if obs.kind == "weight_delta" else 1.0  # a weight delta is −η·(gradient)

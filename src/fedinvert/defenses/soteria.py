@@ -97,7 +97,10 @@ class Soteria(Defense):
         name, _ = self._module(model)
         key = f"{name}.weight" if name else "weight"
         if key not in update:
-            raise ConfigError(f"Soteria: the update has no tensor {key!r} (the last linear layer's weight)")
+            raise ConfigError(
+                f"Soteria: the update has no tensor {key!r} (the last linear layer's weight); a client that shares"
+                " only some parameters must share that layer's (model.lora_head=true for a LoRA victim)"
+            )
         pruned = self.pruned_features(model, inputs).to(update[key].device)
         out = dict(update)
         weight = update[key].clone()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -14,10 +17,65 @@ from fedinvert import seeding
 from fedinvert.errors import ConfigError
 from fedinvert.registry import Registry
 
-MODELS: Registry[nn.Module] = Registry("model")
-"""Built-in victim classifiers by name (``lenet-dlg``, ``lenet5``, ``convnet``, ``resnet18``, ...)."""
-
 _SHAPE_KEYS = ("in_channels", "num_classes", "image_size")
+
+
+def is_entry_point(name: str) -> bool:
+    """True for a ``package.module:function`` model name (the user's own ``nn.Module``)."""
+    module, sep, attr = str(name).partition(":")
+    return bool(sep and module and attr) and all(part.isidentifier() for part in (*module.split("."), *attr.split(".")))
+
+
+def load_entry_point(name: str) -> Callable[..., nn.Module]:
+    """The factory ``package.module:function`` names: imported (the current folder is searched after the
+    installed packages, as ``python -m`` would), then the attribute path after the colon.
+
+    The factory is called with the keyword arguments it declares among ``in_channels``, ``num_classes`` and
+    ``image_size`` (all three when it takes ``**kwargs``), the ``model.<option>=value`` keys of the run, and must
+    return an ``nn.Module`` that ends in an ``nn.Linear``.
+
+    Raises:
+        ConfigError: the module cannot be imported, has no such attribute, or the attribute is not callable.
+    """
+    module_name, _, attr = name.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"model {name!r}: cannot import {module_name} ({err}); give an importable"
+                          " package.module:function (the current folder is searched)") from None
+    except Exception as err:  # the user's module failed while it was imported: one line, not its traceback
+        raise ConfigError(f"model {name!r}: importing {module_name} failed: {type(err).__name__}: {err}") from None
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"model {name!r}: {module_name} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(f"model {name!r}: {attr} is not callable (a function or class returning an nn.Module)")
+    return target  # type: ignore[no-any-return]
+
+
+class ModelRegistry(Registry[nn.Module]):
+    """The victim registry; a name ``package.module:function`` resolves to the user's own factory."""
+
+    def entry(self, name: str) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
+        if name not in self and is_entry_point(name):
+            return load_entry_point(name), {}
+        return super().entry(name)
+
+
+MODELS: Registry[nn.Module] = ModelRegistry("model")
+"""Built-in victim classifiers by name (``lenet-dlg``, ``lenet5``, ``convnet``, ``resnet18``, ...); any
+``package.module:function`` name resolves to the user's own factory (`load_entry_point`)."""
+
+
+def _accepts(factory: Callable[..., Any], key: str) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return key in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def model_options(name: str) -> list[str]:
@@ -57,7 +115,7 @@ def build_model(
 
     Args:
         name: a name in ``MODELS`` (``lenet-dlg``, ``lenet5``, ``convnet``, ``resnet18``, ``resnet18-imagenet``,
-            ``resnet34``).
+            ``resnet34``), or ``package.module:function`` for the user's own factory (`load_entry_point`).
         in_channels: image channels C (≥ 1).
         num_classes: number of classes (≥ 2).
         image_size: side of the square input images in pixels (≥ 8).
@@ -72,14 +130,15 @@ def build_model(
     if unknown:
         valid = ", ".join(options) if options else "none"
         raise ConfigError(f"model {name!r} has no option {unknown[0]!r}; valid options: {valid}")
+    shape = {"in_channels": int(in_channels), "num_classes": int(num_classes), "image_size": int(image_size)}
+    if is_entry_point(name) and name not in MODELS:
+        factory = MODELS.get(name)
+        shape = {k: v for k, v in shape.items() if _accepts(factory, k)}
     with _seeded_init(seed):
-        return MODELS.build(
-            name,
-            in_channels=int(in_channels),
-            num_classes=int(num_classes),
-            image_size=int(image_size),
-            **kwargs,
-        )
+        model = MODELS.build(name, **shape, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {name!r} returned {type(model).__name__}, not a torch nn.Module")
+    return model
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
