@@ -159,7 +159,7 @@ def _header(plan: AuditPlan, done: SweepSummary, seconds: float, meta: dict[str,
     threat = cfg["threat"]
     return [
         f"fedinvert audit (budget {plan.budget_name}): {plan.budget.batches} private batches per condition,"
-        f" {done.total} runs ({done.already} already stored, {done.finished} now, {done.failed} failed), {seconds:.0f} s",
+        f" {done.total} runs ({done.already} already stored, {done.finished} now, {done.failed} failed), {seconds:.0f} s in this invocation",
         f"setup: model {cfg['model']['name']}, dataset {cfg['dataset']['name']} ({h} px, {c} ch), batch_size"
         f" {cfg['batch_size']}, protocol {cfg['protocol']['name']} ({proto_text}), defences"
         f" {defense_text(plan.conditions[0].defense)}; server {threat['server']}, labels {threat['labels']}",
