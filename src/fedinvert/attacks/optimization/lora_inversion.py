@@ -93,7 +93,9 @@ class LoRAInversion(PixelAttack):
     1000 steps, 8 private batches a cell; ``docs/results/lora``): the patch prior against plain Inverting
     Gradients at the same budget is +0.08 ± 0.13 dB pooled over six settings (not resolved; +0.37 ± 0.29 at
     24 px and +0.35 ± 0.35 at 32 px, where neither leaks), and the adapters of an untrained ViT leak little:
-    +1.11 ± 1.50 dB over the no-leak reference at B = 1 and 16 px, falling with the batch size.
+    +1.11 ± 1.50 dB over the no-leak reference at B = 1 and 16 px, falling with the batch size. Adapters that
+    have trained a while (``model.lora_init=random``; ``docs/results/lora_trained``) leak +2.23 ± 1.41 dB at B = 1,
+    and there the patch prior is −0.19 ± 0.32 dB against plain Inverting Gradients (not resolved).
 
     Args:
         iterations: Adam steps per restart (1000).
