@@ -23,6 +23,8 @@ def test_every_attack_runs_a_few_steps(name):
             "batch_size=2", "device=cpu", "progress=false", "seed=0"]
     if name == "trap_weights":  # its trap sits in a first linear layer that sees the image
         args[1:3] = ["model=mlp", "model.hidden=32"]
+    if name == "lora_inversion":  # its patch-consistency prior needs a victim with a patch grid
+        args[1:3] = ["model=vit", "model.depth=1"]
     keys = cfg_keys(name)
     if "compile" in keys:  # analytic attacks run no optimisation step to compile
         args.append("attack.compile=false")
