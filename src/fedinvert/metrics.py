@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from pytorch_msssim import ssim as _msssim_ssim
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from fedinvert.models import penultimate_features
@@ -138,6 +137,10 @@ def match(private: Tensor, reconstructed: Tensor) -> Tensor:
         raise ValueError(
             f"cannot match {len(private)} private images with only {len(reconstructed)} reconstructions"
         )
+    if len(private) == len(reconstructed) == 1:
+        return torch.zeros(1, dtype=torch.long)  # one pair: nothing to assign
+    from scipy.optimize import linear_sum_assignment  # imported here: 0.4 s a short run needs only for B > 1
+
     # the assignment is solved on the host: move there first, then widen (no float64 copy on a GPU)
     p = private.detach().flatten(1).cpu().double()
     r = reconstructed.detach().flatten(1).cpu().double()
