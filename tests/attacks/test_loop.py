@@ -79,7 +79,6 @@ def test_the_loops_adam_gives_torch_optim_adams_numbers_step_for_step():
 
 
 def test_best_and_last_iterates_are_the_evaluated_ones_not_their_updates():
-    target = torch.zeros(1, 4)
     seen = []
 
     def step(variables):
