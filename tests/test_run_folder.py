@@ -376,3 +376,23 @@ def test_memory_helpers():
     assert available is None or available > 0
     assert memory.format_bytes(512) == "512 B" and memory.format_bytes(1.5 * 2**30) == "1.5 GiB"
     assert memory.check_memory(images=2, channels=3, height=8, width=8) == 2 * 3 * 64 * 4 * 8
+
+
+def test_loss_plot_draws_each_restart_falling_on_a_log_axis(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fedinvert.report.figures import LINE_COLOURS, save_loss_plot
+
+    history = [{"step": s, "distance": 10 ** (-s / 100) * (1 + r), "restart": r} for r in (0, 1)
+               for s in range(10, 310, 10)]
+    save_loss_plot(tmp_path / "loss.png", history, title="inverting_gradients")
+
+    img = np.asarray(Image.open(tmp_path / "loss.png").convert("RGB"))
+    assert img.shape == (350, 600, 3)
+    for n in (0, 1):
+        colour = np.array([int(LINE_COLOURS[n][i : i + 2], 16) for i in (1, 3, 5)])
+        ys, xs = np.nonzero((img == colour).all(axis=2))
+        line = xs < 560  # leave out the legend at the right
+        first, last = ys[line][xs[line] == xs[line].min()].mean(), ys[line][xs[line] == xs[line].max()].mean()
+        assert xs[line].max() - xs[line].min() > 400 and last - first > 150  # falls left to right (194 px here)

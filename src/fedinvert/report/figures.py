@@ -1,4 +1,4 @@
-"""Image grids (PIL) and loss curves (matplotlib, Agg backend)."""
+"""Image grids and loss curves, drawn with PIL (a run folder's figures cost no plotting library's import)."""
 
 from __future__ import annotations
 
@@ -88,32 +88,69 @@ def leakage_caption(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def save_loss_plot(path: str | Path, history: Sequence[dict[str, Any]], *, title: str = "") -> None:
-    """Gradient distance (and loss) against logged step, log scale; one line per restart/stage when present."""
-    # a Figure on its own Agg canvas: no pyplot (0.3 s to import, and global state a library should not touch)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+#: Line colours of the loss plot, one per restart or stage (matplotlib's default cycle).
+LINE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
-    fig = Figure(figsize=(6, 3.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+
+def _loss_groups(history: Sequence[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per restart or stage: (steps, log10 distances), stages laid end to end along the step axis."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for entry in history:
-        key = str(entry.get("stage", entry.get("restart", "")))
-        groups.setdefault(key, []).append(entry)
-    offset = 0
+        groups.setdefault(str(entry.get("stage", entry.get("restart", ""))), []).append(entry)
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    offset = 0.0
     for key, entries in groups.items():
-        steps = [offset + e.get("step", i) for i, e in enumerate(entries)]
-        values = [max(float(e.get("distance", np.nan)), 1e-12) for e in entries]
-        ax.plot(steps, values, label=key or "distance")
-        if "stage" in entries[0]:
-            offset = steps[-1] if steps else offset
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("gradient distance")
+        steps = [offset + float(e.get("step", i)) for i, e in enumerate(entries)]
+        values = [float(e.get("distance", np.nan)) for e in entries]
+        logs = [float(np.log10(max(v, 1e-12))) if np.isfinite(v) else np.nan for v in values]
+        out[key or "distance"] = (steps, logs)
+        if "stage" in entries[0] and steps:
+            offset = steps[-1]
+    return out
+
+
+def save_loss_plot(path: str | Path, history: Sequence[dict[str, Any]], *, title: str = "") -> None:
+    """Gradient distance against logged step, log scale, one line per restart/stage when present (600 × 350 PNG).
+
+    Decade ticks on the distance axis, five ticks on the step axis, a legend when there is more than one line.
+    """
+    width, height, left, right, top, bottom = 600, 350, 64, 16, 28, 40
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    groups = _loss_groups(history)
+    points = [(x, y) for xs, ys in groups.values() for x, y in zip(xs, ys, strict=True) if np.isfinite(y)]
+    x1 = max((x for x, _ in points), default=1.0) or 1.0
+    low = float(np.floor(min((y for _, y in points), default=-1.0)))
+    high = max(float(np.ceil(max((y for _, y in points), default=0.0))), low + 1)
+    box = (left, top, width - right, height - bottom)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (left + (box[2] - left) * x / x1, box[3] - (box[3] - top) * (y - low) / (high - low))
+
+    for decade in range(int(low), int(high) + 1):
+        _, py = at(0, decade)
+        draw.line([(left - 4, py), (left, py)], fill="black")
+        draw.line([(left + 1, py), (box[2] - 1, py)], fill="#e6e6e6")
+        draw.text((left - 6, py), f"1e{decade}", fill="black", anchor="rm")
+    for k in range(6):
+        step = x1 * k / 5
+        px, _ = at(step, low)
+        draw.line([(px, box[3]), (px, box[3] + 4)], fill="black")
+        draw.text((px, box[3] + 6), f"{step:.0f}", fill="black", anchor="ma")
+    draw.rectangle(box, outline="black")
+    draw.text(((left + box[2]) / 2, height - 4), "step", fill="black", anchor="md")
+    label = Image.new("RGB", (140, 14), "white")
+    ImageDraw.Draw(label).text((70, 7), "gradient distance", fill="black", anchor="mm")
+    img.paste(label.rotate(90, expand=True), (2, (top + box[3]) // 2 - 70))
     if title:
-        ax.set_title(title)
-    if len(groups) > 1:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
+        draw.text((width / 2, 6), title, fill="black", anchor="ma")
+    for n, (key, (xs, ys)) in enumerate(groups.items()):
+        colour = LINE_COLOURS[n % len(LINE_COLOURS)]
+        line = [at(x, y) for x, y in zip(xs, ys, strict=True) if np.isfinite(y)]
+        if len(line) > 1:
+            draw.line(line, fill=colour, width=2)
+        elif line:
+            draw.ellipse([line[0][0] - 2, line[0][1] - 2, line[0][0] + 2, line[0][1] + 2], fill=colour)
+        if len(groups) > 1:
+            draw.text((box[2] - 6, top + 6 + 12 * n), key, fill=colour, anchor="ra")
+    img.save(path)
