@@ -183,6 +183,28 @@ def test_a_comparison_along_a_zipped_axis_holds_its_partners(tmp_path):
         load_study(tmp_path)
 
 
+def test_a_zip_group_of_several_cells_pairs_each_run_with_its_own_partners(tmp_path):
+    # (batch_size, aux) zipped as three cells: (1, same), (1, other), (4, same); compare aux against other and
+    # batch_size against 4. A (4, same) run has no (4, other) partner: it must stay unpaired, not meet (1, other)
+    (tmp_path / "sweep.json").write_text(json.dumps({
+        "name": "z", "axes": ["batch_size", "aux", "seed"], "zip": [["batch_size", "aux"]],
+        "compare": [{"axis": "aux", "baseline": "other"}, {"axis": "batch_size", "baseline": 4}]}))
+    lines = ["id,status,error,batch_size,aux,seed," + ",".join(METRICS) + ",folder"]
+    cells = {(1, "same"): 10.0, (1, "other"): 1.0, (4, "same"): 4.0}
+    for i, ((b, aux), leak) in enumerate(cells.items()):
+        for seed in range(3):
+            value = leak + seed
+            lines.append(f"r{i}{seed},ok,,{b},{aux},{seed},{20 + value},0.5,0.01,1.0,{value},20,1.0,0.1,10,")
+    (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
+
+    by_aux, by_batch = comparisons(load_study(tmp_path))
+
+    (aux_row,) = by_aux.rows
+    assert aux_row.n == 3 and aux_row.diff.mean == pytest.approx(9.0)  # (1, same) − (1, other) only
+    (batch_row,) = by_batch.rows
+    assert batch_row.n == 3 and batch_row.diff.mean == pytest.approx(6.0)  # (1, same) − (4, same)
+
+
 # -- the page ---------------------------------------------------------------------------------------------
 def _chromium(page: Path, *args: str, tmp: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",

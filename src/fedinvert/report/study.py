@@ -417,16 +417,33 @@ class Comparison:
 
 
 def _pairs(study: StudyResults, axis: str, baseline: str, value: str) -> list[tuple[RunRow, RunRow]]:
+    """Each run at ``value`` with the baseline run that agrees with it in every axis outside ``axis``'s zip group.
+
+    When each of the two values comes with one setting of the zip partners (``attack.name`` zipped with its
+    budget), the partners differ by design and are not compared. When a value comes with several (a zip group
+    listing cells, e.g. batch size × auxiliary data), a run pairs only with the baseline run whose partners
+    equal its own, and stays unpaired where the study has none, rather than meeting another cell by chance.
+    """
+    partners = [a for a in study.partners(axis) if a != axis]
     rest = [a for a in study.axes if a not in study.partners(axis)]
+
+    def usable(row: RunRow, at: str) -> bool:
+        return row.ok and row.values[axis] == at and row.metrics.get("leakage_db") is not None
+
+    def combos(at: str) -> set[tuple[str, ...]]:
+        return {tuple(r.values[a] for a in partners) for r in study.rows if usable(r, at)}
+
+    one_to_one = len(combos(baseline)) <= 1 and len(combos(value)) <= 1
     base: dict[tuple[str, ...], RunRow] = {}
     for row in study.rows:
-        if row.ok and row.values[axis] == baseline and row.metrics.get("leakage_db") is not None:
-            base.setdefault(tuple(row.values[a] for a in rest), row)
+        if usable(row, baseline):
+            key = tuple(row.values[a] for a in rest) + (() if one_to_one else tuple(row.values[a] for a in partners))
+            base.setdefault(key, row)
     pairs = []
     for row in study.rows:
-        if row.ok and row.values[axis] == value and row.metrics.get("leakage_db") is not None:
-            partner = base.get(tuple(row.values[a] for a in rest))
-            if partner is not None:
+        if usable(row, value):
+            key = tuple(row.values[a] for a in rest) + (() if one_to_one else tuple(row.values[a] for a in partners))
+            if (partner := base.get(key)) is not None:
                 pairs.append((row, partner))
     return pairs
 
