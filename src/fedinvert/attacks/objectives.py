@@ -218,9 +218,9 @@ class GradientMatcher:
         self.params = {n: named[n].detach() for n in self.names}
         # eager steps differentiate w.r.t. the model's own observed parameters, the module called as it is (no
         # functional_call re-binding per step); the functional path passes the detached ``params`` in instead
-        for n in self.names:
-            named[n].requires_grad_(True)
-        self._leaf_params = {n: named[n] for n in self.names}
+        for name in self.names:
+            named[name].requires_grad_(True)
+        self._leaf_params = {name: named[name] for name in self.names}
         self.frozen = {n: p.detach() for n, p in named.items() if n not in self.params}
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
         observed = [t.detach().to(self.device, torch.float32) for t in obs.update_list()]
