@@ -41,10 +41,13 @@ def l2_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
 @DISTANCES.register("cosine")
 def cosine_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
     """1 − one cosine similarity over all tensors jointly (Inverting Gradients, Geiping et al. 2020)."""
+    return _cosine(dummy, target, sum((t * t).sum() for t in target))  # type: ignore[arg-type]
+
+
+def _cosine(dummy: Sequence[Tensor], target: Sequence[Tensor], target_sq: Tensor) -> Tensor:
     dot = sum((d * t).sum() for d, t in zip(dummy, target, strict=True))
     dn = sum((d * d).sum() for d in dummy)
-    tn = sum((t * t).sum() for t in target)
-    return 1 - dot / (torch.sqrt(dn) * torch.sqrt(tn) + _EPS)  # type: ignore[operator, arg-type]
+    return 1 - dot / (torch.sqrt(dn) * torch.sqrt(target_sq) + _EPS)  # type: ignore[operator, arg-type]
 
 
 @DISTANCES.register("layer_cosine")
@@ -96,9 +99,7 @@ class TargetCosineDistance:
     def __call__(self, dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
         if target is not self.target:
             return cosine_distance(dummy, target)
-        dot = sum((d * t).sum() for d, t in zip(dummy, target, strict=True))
-        dn = sum((d * d).sum() for d in dummy)
-        return 1 - dot / (torch.sqrt(dn) * torch.sqrt(self.target_sq) + _EPS)  # type: ignore[operator, arg-type]
+        return _cosine(dummy, target, self.target_sq)  # type: ignore[arg-type]
 
 
 def build_distance(name: str, target: Sequence[Tensor], *, prune_ratio: float = 0.0) -> Distance:
