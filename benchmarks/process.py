@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,6 +94,7 @@ def main() -> int:
         fixed = median[who] - args.steps * marginal - base
         print(f"  {who}: {1000 * marginal:.2f} ms a step (marginal), fixed cost beyond import torch {fixed:.2f} s")
     print(f"  ratio fedinvert / plain at {args.steps} steps: {median['fedinvert attack'] / median['plain script']:.2f}")
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
