@@ -15,7 +15,6 @@ recognisable.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,16 +144,11 @@ def reid_counts(rows: list[RunRow]) -> tuple[int, int, float | None]:
     hits = images = 0
     distractors: list[int] = []
     for row in rows:
-        if row.folder is None or row.metrics.get("reid_top1") is None:
+        metrics = row.run_metrics() or {}
+        batch, m, share = len(metrics.get("per_image") or []), metrics.get("reid_distractors"), metrics.get("reid_top1")
+        if not batch or not isinstance(m, int) or not isinstance(share, (int, float)):
             continue
-        try:
-            metrics = json.loads((row.folder / "metrics.json").read_text())
-        except (OSError, ValueError):
-            continue
-        batch, m = len(metrics.get("per_image") or []), metrics.get("reid_distractors")
-        if not batch or not isinstance(m, int):
-            continue
-        hits += round(float(metrics["reid_top1"]) * batch)
+        hits += round(float(share) * batch)
         images += batch
         distractors.append(m)
     return hits, images, (1.0 / (max(distractors) + 1) if distractors else None)

@@ -111,16 +111,6 @@ def _embed(path: Path, alt: str) -> str:
     return f'<img src="{_png_uri(data)}" alt="{esc(alt)}">'
 
 
-def _run_metrics(row: RunRow) -> dict[str, Any] | None:
-    if row.folder is None:
-        return None
-    try:
-        data = json.loads((row.folder / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _stage_table(stages: Sequence[Any]) -> str:
     rows = []
     for s in stages:
@@ -159,7 +149,7 @@ def _cell_section(study: StudyResults, cell: Cell, index: int) -> str:
         parts.append(f"<figure>{_embed(row.folder / 'reconstruction.png', f'reconstruction of {label}')}"
                      f"<figcaption>{esc(caption)}</figcaption></figure>")
         stages_png = row.folder / "stages.png"
-        metrics = _run_metrics(row) or {}
+        metrics = row.run_metrics() or {}
         if stages_png.is_file() or metrics.get("stages"):
             stage_img = _embed(stages_png, f"stages of {label}") if stages_png.is_file() else ""
             parts.append(f"<figure>{stage_img}<figcaption>GIFD stages of {esc(label)}</figcaption>"

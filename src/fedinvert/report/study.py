@@ -64,6 +64,17 @@ class RunRow:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    def run_metrics(self) -> dict[str, Any] | None:
+        """The run folder's whole ``metrics.json`` (stages, per-image numbers, …); None without a folder or
+        where the file is missing or not a JSON object."""
+        if self.folder is None:
+            return None
+        try:
+            data = json.loads((self.folder / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
 
 @dataclass(frozen=True)
 class StudyResults:
