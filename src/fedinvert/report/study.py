@@ -444,18 +444,19 @@ def _pairs(study: StudyResults, axis: str, baseline: str, value: str) -> list[tu
     def combos(at: str) -> set[tuple[str, ...]]:
         return {tuple(r.values[a] for a in partners) for r in study.rows if usable(r, at)}
 
-    one_to_one = len(combos(baseline)) <= 1 and len(combos(value)) <= 1
+    held = rest if len(combos(baseline)) <= 1 and len(combos(value)) <= 1 else rest + partners
+
+    def key(row: RunRow) -> tuple[str, ...]:
+        return tuple(row.values[a] for a in held)
+
     base: dict[tuple[str, ...], RunRow] = {}
     for row in study.rows:
         if usable(row, baseline):
-            key = tuple(row.values[a] for a in rest) + (() if one_to_one else tuple(row.values[a] for a in partners))
-            base.setdefault(key, row)
+            base.setdefault(key(row), row)
     pairs = []
     for row in study.rows:
-        if usable(row, value):
-            key = tuple(row.values[a] for a in rest) + (() if one_to_one else tuple(row.values[a] for a in partners))
-            if (partner := base.get(key)) is not None:
-                pairs.append((row, partner))
+        if usable(row, value) and (partner := base.get(key(row))) is not None:
+            pairs.append((row, partner))
     return pairs
 
 
