@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedinvert.attacks.compilation import remember
 from fedinvert.errors import ConfigError, MissingCapabilityError
 from fedinvert.fl.aggregation import split_clients
 from fedinvert.fl.fedavg import GUESSED_LOCAL_TRAINING, local_batches, simulate_local_training
@@ -137,17 +138,6 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return -(F.softmax(target, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
-def resolve_compile(setting: bool | str, *, steps: int, threshold: int = 2000) -> bool:
-    """``attack.compile``: ``true`` forces, ``false`` stays eager, ``auto`` compiles runs of ≥ threshold steps."""
-    if isinstance(setting, bool):
-        return setting
-    if setting == "auto":
-        return steps >= threshold
-    if setting in ("true", "false"):
-        return setting == "true"
-    raise ConfigError(f"attack.compile must be auto, true or false, got {setting!r}")
-
-
 class GradientMatcher:
     """The gradient-matching objective of one observation, as a step usable by every attack.
 
@@ -259,14 +249,17 @@ class GradientMatcher:
         self.functional = functional
         self.compiled = False
         self.compile_seconds = 0.0
+        self.compile_key: str | None = None  # set by `compilation.choose`: record what compiling cost under it
         self.evaluations = 0
         self._step_fn: Callable[..., Any] | None = None
         if functional:
+            start = time.perf_counter()  # the first torch.compile imports dynamo and the inductor: part of the cost
             fn = torch.func.grad_and_value(self._objective, argnums=0, has_aux=True)
             self._single_fn = torch.compile(fn, dynamic=False) if compile else fn
             batched = torch.func.vmap(fn)
             self._step_fn = torch.compile(batched, dynamic=False) if compile else batched
             self.compiled = compile
+            self.compile_seconds = time.perf_counter() - start if compile else 0.0
         self._first_call = True
 
     # -- pure pieces -----------------------------------------------------------------------------
@@ -335,7 +328,9 @@ class GradientMatcher:
             else:
                 grads, (loss, dist) = self._step_fn(variables)
             if self._first_call and self.compiled:
-                self.compile_seconds = time.perf_counter() - start
+                self.compile_seconds += time.perf_counter() - start
+                if self.compile_key is not None:
+                    remember(self.compile_key, self.compile_seconds)
             self._first_call = False
             return tuple(grads), loss.detach(), dist.detach()
         grads_r, losses, dists = [], [], []

@@ -27,12 +27,13 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedinvert.attacks import compilation
 from fedinvert.attacks.base import Attack, batch_size_of, get_schedule, optimize
 from fedinvert.attacks.labels import LABEL_METHODS, infer_labels
 from fedinvert.attacks.objectives import (
@@ -41,7 +42,6 @@ from fedinvert.attacks.objectives import (
     GradientMatcher,
     _affine_batch_norm_,
     image_norm,
-    resolve_compile,
     total_variation,
 )
 from fedinvert.attacks.projections import project_l1_ball, project_l1_ball_around
@@ -49,6 +49,8 @@ from fedinvert.errors import ConfigError, MissingCapabilityError
 from fedinvert.observation import Capability, Observation
 from fedinvert.priors import Prior, to_victim
 from fedinvert.priors.base import Variables
+
+T = TypeVar("T")
 
 #: Relative ℓ1 radii (fractions of the start feature's ℓ1 norm) of face-dcgan's four feature stages, from the
 #: probe in reference/gen-gia-probe.md; priors with another number of feature stages interpolate them by depth.
@@ -188,6 +190,7 @@ class StageSearch:
     evaluations: int = 0
     interrupted: bool = False
     compile_seconds: float = 0.0
+    compile: dict[str, Any] = field(default_factory=dict)
 
 
 class GenerativeAttack(Attack):
@@ -258,14 +261,8 @@ class GenerativeAttack(Attack):
             raise ConfigError(f"attack.adaptive must be true or false, got {adaptive!r}")
         self.adaptive = adaptive
         self.fedavg = check_choice("fedavg", fedavg, FEDAVG_MODES)
-        if not isinstance(compile, bool):
-            check_choice("compile", compile, ["auto", "true", "false"])
-        self.compile = compile
+        self.compile = compilation.check_setting(compile)
         self._vmap_prior: Prior | None = None
-
-    def functional(self, steps: int) -> bool:
-        """Whether a search of ``steps`` × restarts runs the vmapped, compiled step (per ``compile``)."""
-        return resolve_compile(self.compile, steps=steps * self.restarts)
 
     def generator(self, functional: bool) -> Prior:
         """The prior to call inside a step: in functional (vmapped) mode a copy whose eval-mode BatchNorm
@@ -320,13 +317,12 @@ class GenerativeAttack(Attack):
         obs: Observation,
         render: Callable[..., tuple[Tensor, Tensor]],
         *,
-        steps: int,
+        compiled: bool,
         regularizer: Regularizer | None,
         functional: bool = False,
     ) -> GradientMatcher:
-        """The gradient matcher of one search of ``steps`` × restarts: vmapped and compiled per ``compile``;
+        """The gradient matcher of one search: vmapped and compiled when ``compiled`` (per `choose_compiled`);
         ``functional=True`` asks for the vmappable pure form even when it is not compiled."""
-        compiled = self.functional(steps)
         return GradientMatcher(
             obs,
             distance=self.distance,
@@ -339,6 +335,29 @@ class GenerativeAttack(Attack):
             compile=compiled,
             holdout=self.holdout,
             holdout_seed=self.holdout_seed,
+            device=self.device,
+        )
+
+    def choose_compiled(
+        self,
+        obs: Observation,
+        label: str,
+        *,
+        steps: int,
+        build: Callable[[bool], T],
+        probe: Callable[[T], Any],
+        shapes: Sequence[Sequence[int]],
+    ) -> tuple[T, compilation.CompileDecision]:
+        """`compilation.choose` for a search of ``steps`` through the victim and this attack's prior."""
+        return compilation.choose(
+            self.compile,
+            steps=steps,
+            build=build,
+            probe=probe,
+            key=lambda: compilation.step_key(
+                f"{type(self).__name__}:{label}", [obs.model, self.prior], [tuple(s) for s in shapes], self.device
+            ),
+            tensors=lambda: compilation.parameter_tensors(obs.model, self.prior),
             device=self.device,
         )
 
@@ -433,11 +452,14 @@ class GenerativeAttack(Attack):
                 variables[name] = next(rest)
             return variables
 
-        generator = self.generator(self.functional(steps))
+        def build(compiled: bool) -> GradientMatcher:
+            generator = self.generator(compiled)
 
-        def render(*values: Tensor) -> tuple[Tensor, Tensor]:
-            images = generator.render(k, assemble(values), setup.cond)
-            return self.victim_inputs(obs, images), setup.labels
+            def render(*values: Tensor) -> tuple[Tensor, Tensor]:
+                images = generator.render(k, assemble(values), setup.cond)
+                return self.victim_inputs(obs, images), setup.labels
+
+            return self.make_matcher(obs, render, compiled=compiled, regularizer=regularizer)
 
         def project(current: list[Tensor]) -> None:
             for name, leaf in zip(optimised, current, strict=True):
@@ -453,8 +475,13 @@ class GenerativeAttack(Attack):
                     continue
                 leaf.copy_(flat.reshape(leaf.shape))
 
-        matcher = self.make_matcher(obs, render, steps=steps, regularizer=regularizer)
         batched_constants = [by_restart(t) for t in constants]
+        first = [*(by_restart(t) for t in leaves), *batched_constants]
+        matcher, decision = self.choose_compiled(
+            obs, f"stage{k}", steps=steps, build=build, probe=lambda candidate: candidate.step(first),
+            shapes=[t.shape for t in first],
+        )
+        matcher.evaluations = 0  # the probe's steps are not the search's
 
         def step(variables: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
             grads, loss, dist = matcher.step([*variables, *batched_constants])
@@ -487,6 +514,7 @@ class GenerativeAttack(Attack):
             evaluations=matcher.evaluations,
             interrupted=result.interrupted,
             compile_seconds=matcher.compile_seconds,
+            compile=compilation.finished(decision, matcher),
         )
 
 

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedinvert.attacks import compilation
 from fedinvert.attacks.base import ATTACKS, Attack, batch_size_of, optimize
 from fedinvert.attacks.labels import infer_labels
-from fedinvert.attacks.objectives import FEDAVG_MODES, GradientMatcher, resolve_compile, total_variation
+from fedinvert.attacks.objectives import FEDAVG_MODES, GradientMatcher, total_variation
 from fedinvert.errors import ConfigError
 from fedinvert.observation import Observation, Reconstruction
 
@@ -116,7 +117,7 @@ class CINet(Attack):
         self.distance = distance
         self.labels = labels
         self.fedavg = fedavg
-        self.compile = compile
+        self.compile = compilation.check_setting(compile)
 
     def reconstruct(
         self, obs: Observation, *, rng: torch.Generator | None = None, progress: bool = False
@@ -144,9 +145,20 @@ class CINet(Attack):
         def regularizer(inputs: Tensor, variables: tuple[Tensor, ...] = ()) -> Tensor:
             return self.tv * total_variation(inputs) if self.tv else inputs.new_zeros(())
 
-        compiled = resolve_compile(self.compile, steps=self.steps * self.restarts)
-        matcher = GradientMatcher(obs, distance=self.distance, render=render, regularizer=regularizer,
-                                  fedavg=self.fedavg, functional=compiled, compile=compiled, device=self.device)
+        def build(compiled: bool) -> GradientMatcher:
+            return GradientMatcher(obs, distance=self.distance, render=render, regularizer=regularizer,
+                                   fedavg=self.fedavg, functional=compiled, compile=compiled, device=self.device)
+
+        matcher, decision = compilation.choose(
+            self.compile,
+            steps=self.steps,
+            build=build,
+            probe=lambda candidate: candidate.step([*stacked, codes]),
+            key=lambda: compilation.step_key("CINet", [obs.model, template], [codes.shape], self.device),
+            tensors=lambda: compilation.parameter_tensors(obs.model, template),
+            device=self.device,
+        )
+        matcher.evaluations = 0  # the probe's steps are not the attack's
 
         def step(current: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
             grads, loss, dist = matcher.step([*current, codes])
@@ -161,5 +173,6 @@ class CINet(Attack):
             images=images, labels=labels.cpu(), score=float(result.best_distance[best]), history=result.history,
             iterations=matcher.evaluations, interrupted=result.interrupted,
             extras={"restart": best, "compile_seconds": matcher.compile_seconds,
+                    "compile": compilation.finished(decision, matcher),
                     "generator_parameters": sum(p.numel() for p in template.parameters())},
         )

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedinvert.attacks import compilation
 from fedinvert.attacks.base import ATTACKS
 from fedinvert.attacks.generative.base import (
     GenerativeAttack,
@@ -172,7 +173,7 @@ class GGL(GenerativeAttack):
             history=found.history,
             iterations=found.evaluations,
             interrupted=found.interrupted,
-            extras={"restart": best, "compile_seconds": found.compile_seconds},
+            extras={"restart": best, "compile_seconds": found.compile_seconds, "compile": found.compile},
         )
 
     # -- CMA-ES ------------------------------------------------------------------------------------------
@@ -201,7 +202,12 @@ class GGL(GenerativeAttack):
             }
             strategies.append(cma.CMAEvolutionStrategy(start, self.sigma * float(start.std() or 1.0), options))
 
-        score = self._scorer(obs, setup)
+        sample = latents.reshape(restarts, batch, *prior.latent_shape)[:1].expand(restarts * population, *shape)
+        score, decision = self.choose_compiled(
+            obs, "cma", steps=self.iterations, build=lambda compiled: self._scorer(obs, setup, compiled=compiled),
+            probe=lambda candidate: candidate(sample), shapes=[sample.shape],
+        )
+        score.evaluations = 0  # the probe's evaluations are not the search's
         best_latent = latents.reshape(restarts, *shape).clone()
         best_distance = torch.full((restarts,), float("inf"))
         history: list[dict[str, Any]] = []
@@ -251,20 +257,19 @@ class GGL(GenerativeAttack):
             history=history,
             iterations=evaluations,
             interrupted=interrupted,
-            extras={"restart": best, "restart_distances": best_distance.tolist()},
+            extras={"restart": best, "restart_distances": best_distance.tolist(),
+                    "compile_seconds": score.compile_seconds, "compile": compilation.finished(decision, score)},
         )
 
-    def _scorer(self, obs: Observation, setup: Setup) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-        """A function: candidate latents (N, B, ...) -> (pure distance (N,), loss (N,)), vmapped over N."""
+    def _scorer(self, obs: Observation, setup: Setup, *, compiled: bool) -> _Scorer:
+        """Candidate latents (N, B, ...) -> (pure distance (N,), loss (N,)), vmapped over N; compiled or not."""
         prior = self.generator(True)
         image_terms = image_regularizer(tv=self.tv, norm=self.image_norm)
 
         def render(latent: Tensor) -> tuple[Tensor, Tensor]:
             return self.victim_inputs(obs, prior(latent, setup.cond)), setup.labels
 
-        matcher = self.make_matcher(
-            obs, render, steps=self.iterations * self.population, regularizer=None, functional=True
-        )
+        matcher = self.make_matcher(obs, render, compiled=compiled, regularizer=None, functional=True)
 
         def one(latent: Tensor) -> tuple[Tensor, Tensor]:
             inputs, labels = render(latent)
@@ -274,14 +279,30 @@ class GGL(GenerativeAttack):
                 loss = loss + image_terms(inputs, (latent,))
             return dist, loss
 
-        batched = torch.func.vmap(one)
-        if matcher.compiled:
-            batched = torch.compile(batched, dynamic=False)
+        return _Scorer(torch.func.vmap(one), compiled=compiled)
 
-        def score(candidates: Tensor) -> tuple[Tensor, Tensor]:
-            with torch.no_grad():
-                dist, loss = batched(candidates)
-            matcher.evaluations += candidates.shape[0]
-            return dist.detach(), loss.detach()
 
-        return score
+class _Scorer:
+    """GGL's vmapped scoring of a CMA-ES population, compiled or eager; records what compiling cost
+    (``compile_seconds``, and in `compilation`'s record under ``compile_key``)."""
+
+    def __init__(self, batched: Callable[[Tensor], tuple[Tensor, Tensor]], *, compiled: bool) -> None:
+        start = time.perf_counter()
+        self.fn = torch.compile(batched, dynamic=False) if compiled else batched
+        self.compiled = compiled
+        self.compile_seconds = time.perf_counter() - start if compiled else 0.0
+        self.compile_key: str | None = None
+        self.evaluations = 0
+        self._first = True
+
+    def __call__(self, candidates: Tensor) -> tuple[Tensor, Tensor]:
+        start = time.perf_counter()
+        with torch.no_grad():
+            dist, loss = self.fn(candidates)
+        if self.compiled and self._first:
+            self.compile_seconds += time.perf_counter() - start
+            if self.compile_key is not None:
+                compilation.remember(self.compile_key, self.compile_seconds)
+        self._first = False
+        self.evaluations += candidates.shape[0]
+        return dist.detach(), loss.detach()

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fedinvert.attacks import compilation
 from fedinvert.attacks.base import ATTACKS, optimize
 from fedinvert.attacks.generative.base import (
     GenerativeAttack,
@@ -25,6 +26,7 @@ from fedinvert.attacks.generative.base import (
     repeat_restarts,
     validate_schedule,
 )
+from fedinvert.attacks.objectives import GradientMatcher
 from fedinvert.observation import Observation, Reconstruction, StageResult
 from fedinvert.priors import Prior
 from fedinvert.priors.base import Variables
@@ -127,12 +129,14 @@ class GIAS(GenerativeAttack):
         ]
         history, evaluations = list(latent.history), latent.evaluations
         compile_seconds = latent.compile_seconds
+        decisions = {"latent": latent.compile}
         interrupted = latent.interrupted
         if self.finetune_steps and not interrupted:
             images, distance, restart, tuned = self._finetune(obs, setup, latent.variables, progress)
             history += tuned["history"]
             evaluations += tuned["evaluations"]
             compile_seconds += tuned["compile_seconds"]
+            decisions["generator"] = tuned["compile"]
             interrupted = tuned["interrupted"]
             if distance < float("inf"):
                 stages.append(StageResult("generator", images, distance, restart=restart))
@@ -145,7 +149,8 @@ class GIAS(GenerativeAttack):
             stages=stages,
             iterations=evaluations,
             interrupted=interrupted,
-            extras={"stage": chosen.name, "restart": chosen.restart, "compile_seconds": compile_seconds},
+            extras={"stage": chosen.name, "restart": chosen.restart, "compile_seconds": compile_seconds,
+                    "compile": decisions},
         )
 
     # -- parameter search ---------------------------------------------------------------------------------
@@ -163,9 +168,8 @@ class GIAS(GenerativeAttack):
         self, obs: Observation, setup: Setup, variables: Variables, progress: bool
     ) -> tuple[Tensor, float, int, dict[str, Any]]:
         restarts, batch = self.restarts, setup.batch_size
-        renderer = StageRenderer(self.generator(self.functional(self.finetune_steps)), 0)
         names = self.tunable_parameters(setup, variables)
-        weights = dict(renderer.named_parameters())
+        weights = dict(StageRenderer(self.prior, 0).named_parameters())
         inputs = list(variables)
 
         def by_restart(t: Tensor) -> Tensor:
@@ -174,7 +178,9 @@ class GIAS(GenerativeAttack):
         copies = [weights[n].detach().expand(restarts, batch, *weights[n].shape).clone() for n in names]
         latents = [by_restart(variables[n].detach()) for n in inputs]
 
-        def render_batch(thetas: Sequence[Tensor], values: Sequence[Tensor]) -> Tensor:
+        def render_batch(
+            renderer: StageRenderer, thetas: Sequence[Tensor], values: Sequence[Tensor]
+        ) -> Tensor:
             """One restart: each image b rendered by its own weights; thetas (B, ...), values (B, ...)."""
 
             def one(theta: tuple[Tensor, ...], value: tuple[Tensor, ...], cond: Tensor | None) -> Tensor:
@@ -188,13 +194,23 @@ class GIAS(GenerativeAttack):
                 return torch.func.vmap(lambda th, va: one(th, va, None))(tuple(thetas), tuple(values))
             return torch.func.vmap(one)(tuple(thetas), tuple(values), setup.cond)
 
-        def render(*values: Tensor) -> tuple[Tensor, Tensor]:
-            images = render_batch(values[: len(names)], values[len(names) :])
-            return self.victim_inputs(obs, images), setup.labels
+        def build(compiled: bool) -> GradientMatcher:
+            renderer = StageRenderer(self.generator(compiled), 0)
 
-        matcher = self.make_matcher(
-            obs, render, steps=self.finetune_steps, regularizer=image_regularizer(tv=self.tv, norm=self.image_norm)
+            def render(*values: Tensor) -> tuple[Tensor, Tensor]:
+                images = render_batch(renderer, values[: len(names)], values[len(names) :])
+                return self.victim_inputs(obs, images), setup.labels
+
+            return self.make_matcher(
+                obs, render, compiled=compiled, regularizer=image_regularizer(tv=self.tv, norm=self.image_norm)
+            )
+
+        first = [*copies, *latents]
+        matcher, decision = self.choose_compiled(
+            obs, "generator", steps=self.finetune_steps, build=build, probe=lambda candidate: candidate.step(first),
+            shapes=[t.shape for t in first],
         )
+        matcher.evaluations = 0  # the probe's steps are not the search's
 
         def step(current: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
             grads, loss, dist = matcher.step([*current, *latents])
@@ -213,12 +229,13 @@ class GIAS(GenerativeAttack):
         best = int(torch.argmin(result.best_distance))
         with torch.no_grad():
             thetas = [t[best] for t in result.best]
-            images01 = render_batch(thetas, [v[best] for v in latents])
+            images01 = render_batch(StageRenderer(self.prior, 0), thetas, [v[best] for v in latents])
             images = self.victim_images(obs, images01)
         info = {
             "history": [{"stage": "generator", **entry} for entry in result.history],
             "evaluations": matcher.evaluations,
             "compile_seconds": matcher.compile_seconds,
+            "compile": compilation.finished(decision, matcher),
             "interrupted": result.interrupted,
         }
         return images, float(result.best_distance[best]), best, info

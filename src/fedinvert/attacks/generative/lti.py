@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from fedinvert.attacks.base import ATTACKS, Attack, batch_size_of
 from fedinvert.attacks.labels import infer_labels
+from fedinvert.cache import cache_root
 from fedinvert.errors import CheckpointError, ConfigError, ObservationError
 from fedinvert.observation import Observation, Reconstruction
 
@@ -36,8 +37,7 @@ log = logging.getLogger(__name__)
 
 def cache_dir() -> Path:
     """Where trained inversion models are kept: ``$FEDINVERT_CACHE/lti`` (default ``~/.cache/fedinvert/lti``)."""
-    root = os.environ.get("FEDINVERT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fedinvert")
-    return Path(root) / "lti"
+    return cache_root() / "lti"
 
 
 class CountSketch:

@@ -10,9 +10,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from fedinvert.attacks import compilation
 from fedinvert.attacks.base import ATTACKS, Attack, batch_size_of
 from fedinvert.attacks.labels import infer_labels
-from fedinvert.attacks.objectives import FEDAVG_MODES, GradientMatcher, resolve_compile
+from fedinvert.attacks.objectives import FEDAVG_MODES, GradientMatcher
 from fedinvert.errors import ConfigError
 from fedinvert.observation import Observation, Reconstruction
 
@@ -73,7 +74,7 @@ class DLG(Attack):
             raise ConfigError(f"attack.fedavg must be one of {', '.join(FEDAVG_MODES)}, got {fedavg!r}")
         self.adaptive = bool(adaptive)
         self.fedavg = fedavg
-        self.compile = compile
+        self.compile = compilation.check_setting(compile)
 
     def reconstruct(
         self, obs: Observation, *, rng: torch.Generator | None = None, progress: bool = False
@@ -88,17 +89,31 @@ class DLG(Attack):
             assert labels is not None  # the joint search passes its label variable
             return x, labels
 
-        compiled = resolve_compile(self.compile, steps=self.iterations * self.restarts * 20)
-        matcher = GradientMatcher(
-            obs,
-            distance=self.distance,
-            render=render,
-            adaptive=self.adaptive,
-            fedavg=self.fedavg,
-            functional=compiled,
-            compile=compiled,
+        def build(compiled: bool) -> GradientMatcher:
+            return GradientMatcher(
+                obs,
+                distance=self.distance,
+                render=render,
+                adaptive=self.adaptive,
+                fedavg=self.fedavg,
+                functional=compiled,
+                compile=compiled,
+                device=self.device,
+            )
+
+        # the probe's variables: any values of the search's shapes (the rng stays untouched)
+        shapes = [(1, size, *obs.image_shape)] + ([(1, size, obs.num_classes)] if known is None else [])
+        probe_variables = [torch.full(shape, 0.5, device=self.device) for shape in shapes]
+        matcher, decision = compilation.choose(
+            self.compile,
+            steps=self.iterations * self.restarts * 20,  # L-BFGS evaluates the step up to 20 times an iteration
+            build=build,
+            probe=lambda candidate: candidate.step(probe_variables),
+            key=lambda: compilation.step_key(type(self).__name__, [obs.model], shapes, self.device),
+            tensors=lambda: compilation.parameter_tensors(obs.model),
             device=self.device,
         )
+        matcher.evaluations = 0  # the probe's steps are not the attack's
         history: list[dict] = []
         best_images: Tensor | None = None
         best_labels: Tensor | None = None
@@ -132,7 +147,7 @@ class DLG(Attack):
             history=history,
             iterations=matcher.evaluations,
             interrupted=interrupted,
-            extras={"compile_seconds": matcher.compile_seconds},
+            extras={"compile_seconds": matcher.compile_seconds, "compile": compilation.finished(decision, matcher)},
         )
 
     def _run_restart(

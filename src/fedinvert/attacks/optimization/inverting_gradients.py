@@ -8,13 +8,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from fedinvert.attacks import compilation
 from fedinvert.attacks.base import ATTACKS, Attack, batch_size_of, optimize
 from fedinvert.attacks.labels import infer_labels
 from fedinvert.attacks.objectives import (
     FEDAVG_MODES,
     GradientMatcher,
     image_norm,
-    resolve_compile,
     total_variation,
 )
 from fedinvert.errors import ConfigError
@@ -102,7 +102,7 @@ class PixelAttack(Attack):
             raise ConfigError(f"attack.fedavg must be one of {', '.join(FEDAVG_MODES)}, got {fedavg!r}")
         self.adaptive = bool(adaptive)
         self.fedavg = fedavg
-        self.compile = compile
+        self.compile = compilation.check_setting(compile)
 
     def regularizer(self, obs: Observation) -> Callable[[Tensor, tuple[Tensor, ...]], Tensor]:
         """The image prior added to the loss: ``tv``·TV + ``image_norm``·‖x‖ on the victim's input tensor."""
@@ -117,8 +117,8 @@ class PixelAttack(Attack):
 
         return reg
 
-    def make_matcher(self, obs: Observation, labels: Tensor) -> GradientMatcher:
-        compiled = resolve_compile(self.compile, steps=self.iterations * self.restarts)
+    def make_matcher(self, obs: Observation, labels: Tensor, *, compiled: bool = False) -> GradientMatcher:
+        """The gradient matcher of a run; ``compiled`` per `compilation.choose` (``attack.compile``)."""
         # several restarts run as one vmapped batch through the victim (measured here on DLG's LeNet, B = 1:
         # 4 restarts 7.8 ms a step against 10.3-10.9 looped; ConvNet 39-41 against 49-50); one chain stays on
         # plain autograd, which is faster for it
@@ -146,8 +146,17 @@ class PixelAttack(Attack):
     ) -> Reconstruction:
         size = batch_size_of(obs)
         labels = infer_labels(obs, method=self.labels, batch_size=size).to(self.device)
-        matcher = self.make_matcher(obs, labels)
         x0 = random_inputs(obs, (self.restarts, size, *obs.image_shape), rng, self.device, self.init)
+        matcher, decision = compilation.choose(
+            self.compile,
+            steps=self.iterations,
+            build=lambda compiled: self.make_matcher(obs, labels, compiled=compiled),
+            probe=lambda candidate: self.make_step(candidate, x0)([x0]),
+            key=lambda: compilation.step_key(type(self).__name__, [obs.model], [x0.shape], self.device),
+            tensors=lambda: compilation.parameter_tensors(obs.model),
+            device=self.device,
+        )
+        matcher.evaluations = 0  # the probe's steps are not the attack's
         result = optimize(
             self.make_step(matcher, x0),
             [x0],
@@ -172,6 +181,7 @@ class PixelAttack(Attack):
             extras={
                 "restart": best,
                 "compile_seconds": matcher.compile_seconds,
+                "compile": compilation.finished(decision, matcher),
             },
         )
 

@@ -1,0 +1,241 @@
+"""``attack.compile``: compile an attack's step only where compiling pays for itself (DESIGN §11).
+
+``true`` compiles, ``false`` stays eager, and ``auto`` decides for each search (an attack run, a GIFD stage)
+from a measured model of what compiling costs against what it saves:
+
+* **saving** = steps × the eager step × (1 − `COMPILED_STEP_RATIO`). The eager step is timed on the search's
+  own start: one untimed step, then `PROBE_STEPS` timed ones. The step is a pure function of the variables, so
+  the probe changes nothing; its evaluations are not counted.
+* **cost** = what compiling the same step cost the last time on this machine, recorded in
+  ``fedinvert-compile-seconds.json`` inside the inductor's cache folder (``$TORCHINDUCTOR_CACHE_DIR``, else
+  ``<tmp>/torchinductor_<user>``) beside the kernels that compilation left there, so clearing that cache
+  forgets the record too. Without a record: the cold estimate `COLD_SECONDS` + `COLD_SECONDS_PER_TENSOR` ×
+  the parameter tensors of the models the step runs (victim and generator).
+* It compiles only when the saving exceeds the cost. A saving below `WARM_FLOOR_SECONDS`, less than any
+  compilation measured here, decides "eager" without reading the record.
+
+The constants are measured by ``benchmarks/compile_cost.py`` and ``benchmarks/speed.py`` (one CPU thread;
+``benchmarks/results/compile_cost.log``). Every compiled search records its measured compile seconds, so the
+second run of a victim decides from its own number. The decision and its figures go to ``run.json``
+(``attack_details.compile``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from fedinvert.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: compiled step / eager step: the highest of the measured ratios (benchmarks/results/speed.log, compile_cost.log)
+COMPILED_STEP_RATIO = 0.75
+#: cold compilation (imports, tracing, code generation) without a record: seconds, plus seconds per parameter
+#: tensor of the models the step runs (benchmarks/results/compile_cost.log)
+COLD_SECONDS = 20.0
+COLD_SECONDS_PER_TENSOR = 1.5
+#: less than any compilation measured here, warm cache included: a smaller saving never pays
+WARM_FLOOR_SECONDS = 1.0
+#: timed eager steps of the probe (after one untimed step)
+PROBE_STEPS = 3
+RECORD_NAME = "fedinvert-compile-seconds.json"
+SETTINGS = ("auto", "true", "false")
+
+
+def check_setting(setting: bool | str) -> bool | str:
+    """``attack.compile`` as given: a bool, or one of ``auto``, ``true``, ``false``."""
+    if isinstance(setting, bool) or setting in SETTINGS:
+        return setting
+    raise ConfigError(f"attack.compile must be auto, true or false, got {setting!r}")
+
+
+def forced(setting: bool | str) -> bool | None:
+    """True/False for a forced setting, None for ``auto``."""
+    check_setting(setting)
+    if isinstance(setting, bool):
+        return setting
+    return None if setting == "auto" else setting == "true"
+
+
+@dataclass
+class CompileDecision:
+    """What ``attack.compile`` decided for one search, and from what (all seconds; None where not measured)."""
+
+    setting: str
+    compiled: bool
+    reason: str
+    steps: int = 0
+    eager_step_seconds: float | None = None
+    predicted_saving_seconds: float | None = None
+    predicted_compile_seconds: float | None = None
+    compile_seconds: float | None = None  # measured, when it compiled
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def inductor_cache_dir() -> Path:
+    """The inductor's cache folder, found as torch finds it but without importing the inductor (≈ 1 s)."""
+    configured = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if configured:
+        return Path(configured).absolute()
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        getuid = getattr(os, "getuid", None)
+        user = f"uid_{getuid()}" if callable(getuid) else "unknown_user"
+    return Path(tempfile.gettempdir()) / ("torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
+
+
+def record_path() -> Path:
+    return inductor_cache_dir() / RECORD_NAME
+
+
+def _read_records() -> dict[str, float]:
+    try:
+        data = json.loads(record_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and v >= 0}
+
+
+def recorded_seconds(key: str) -> float | None:
+    """The compile seconds last recorded for ``key`` on this machine, or None."""
+    return _read_records().get(key)
+
+
+def remember(key: str, seconds: float) -> None:
+    """Record ``seconds`` as what compiling ``key`` costs (written atomically; a failure only logs)."""
+    path = record_path()
+    records = _read_records()
+    records[key] = round(float(seconds), 3)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}")
+        scratch.write_text(json.dumps(records, indent=1, sort_keys=True))
+        os.replace(scratch, path)
+    except OSError as err:
+        log.debug("could not record the compile time in %s: %s", path, err)
+
+
+def step_key(label: str, modules: Iterable[nn.Module], shapes: Iterable[tuple[int, ...]], device: torch.device) -> str:
+    """A search's identity for the record: the attack's label, the modules' parameter shapes, the variables'
+    shapes, the device type and the torch version."""
+    parts = [label, str(device.type), torch.__version__]
+    for module in modules:
+        parts.append(type(module).__name__)
+        parts.extend(f"{n}:{tuple(p.shape)}" for n, p in module.named_parameters())
+    parts.extend(str(tuple(s)) for s in shapes)
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def cold_estimate(tensors: int) -> float:
+    """Predicted seconds of a first compilation (no record) of a step through ``tensors`` parameter tensors."""
+    return COLD_SECONDS + COLD_SECONDS_PER_TENSOR * tensors
+
+
+def _timed_probe(probe: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one eager step: one untimed call, then the mean of `PROBE_STEPS` timed ones."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    probe()
+    sync()
+    start = time.perf_counter()
+    for _ in range(PROBE_STEPS):
+        probe()
+    sync()
+    return (time.perf_counter() - start) / PROBE_STEPS
+
+
+def choose(
+    setting: bool | str,
+    *,
+    steps: int,
+    build: Callable[[bool], T],
+    probe: Callable[[T], Any],
+    key: Callable[[], str],
+    tensors: Callable[[], int],
+    device: torch.device,
+) -> tuple[T, CompileDecision]:
+    """Build a search's step eagerly or compiled, per ``setting``.
+
+    Args:
+        setting: ``attack.compile``.
+        steps: the steps the search will take.
+        build: ``build(compiled)`` returns the search's step object (a `GradientMatcher`, a scorer, ...).
+        probe: runs one step of a built object on the search's start (its result discarded).
+        key: the search's identity for the compile-time record (`step_key`).
+        tensors: parameter tensors of the models the step runs, for the cold estimate.
+        device: where it runs (CUDA is synchronised around the probe).
+
+    Returns:
+        The built object and the `CompileDecision`. A compiled object has an attribute ``compile_key`` (the
+        record's key) when it accepts one, so it can record what its compilation cost.
+    """
+    wanted = forced(setting)
+    name = setting if isinstance(setting, str) else str(setting).lower()
+    if wanted is not None:
+        built = build(wanted)
+        if wanted:
+            _give_key(built, key())
+        return built, CompileDecision(name, wanted, "forced by attack.compile", steps=steps)
+    eager = build(False)
+    step = _timed_probe(lambda: probe(eager), device)
+    saving = steps * step * (1 - COMPILED_STEP_RATIO)
+    decision = CompileDecision(name, False, "", steps=steps, eager_step_seconds=step, predicted_saving_seconds=saving)
+    if saving <= WARM_FLOOR_SECONDS:
+        decision.reason = f"the saving ({saving:.2f} s) is below the least a compilation costs ({WARM_FLOOR_SECONDS:g} s)"
+        return eager, decision
+    identity = key()
+    recorded = recorded_seconds(identity)
+    cost = recorded if recorded is not None else cold_estimate(tensors())
+    decision.predicted_compile_seconds = cost
+    source = "recorded for this step" if recorded is not None else "cold estimate"
+    if saving <= cost:
+        decision.reason = f"the saving ({saving:.1f} s) does not exceed compiling ({cost:.1f} s, {source})"
+        return eager, decision
+    decision.compiled = True
+    decision.reason = f"the saving ({saving:.1f} s) exceeds compiling ({cost:.1f} s, {source})"
+    log.info("attack.compile=auto compiles: %s", decision.reason)
+    compiled = build(True)
+    _give_key(compiled, identity)
+    return compiled, decision
+
+
+def _give_key(built: Any, identity: str) -> None:
+    with contextlib.suppress(AttributeError):
+        built.compile_key = identity
+
+
+def finished(decision: CompileDecision, built: Any) -> dict[str, Any]:
+    """The decision as ``run.json`` records it, with the measured compile seconds of a compiled step."""
+    if decision.compiled:
+        decision.compile_seconds = float(getattr(built, "compile_seconds", 0.0))
+    return decision.as_dict()
+
+
+def parameter_tensors(*modules: nn.Module | None) -> int:
+    """Parameter tensors of the given modules (None skipped): the size the cold estimate scales with."""
+    return sum(sum(1 for _ in m.parameters()) for m in modules if m is not None)

@@ -1,0 +1,144 @@
+"""``attack.compile=auto``: the measured decision, the compile-time record and what run.json reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedinvert.attacks import ATTACKS, compilation
+from fedinvert.errors import ConfigError
+from fedinvert.fl import FedSGDClient
+from fedinvert.models import build_model
+from fedinvert.observation import Observation
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test reads and writes the record in its own inductor cache folder."""
+    folder = tmp_path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder))
+    return folder
+
+
+class Built:
+    """A stand-in step object: counts its probe calls, takes a compile key."""
+
+    def __init__(self, compiled: bool) -> None:
+        self.compiled = compiled
+        self.calls = 0
+        self.compile_key: str | None = None
+        self.compile_seconds = 3.0 if compiled else 0.0
+
+    def step(self, seconds: float) -> None:
+        self.calls += 1
+        time.sleep(seconds)
+
+
+def decide(setting: bool | str, *, steps: int, step_seconds: float, tensors: int = 10):
+    built: list[Built] = []
+
+    def build(compiled: bool) -> Built:
+        built.append(Built(compiled))
+        return built[-1]
+
+    chosen, decision = compilation.choose(
+        setting, steps=steps, build=build, probe=lambda b: b.step(step_seconds), key=lambda: "k",
+        tensors=lambda: tensors, device=torch.device("cpu"),
+    )
+    return chosen, decision, built
+
+
+def test_the_cache_folder_is_found_as_torch_finds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    assert compilation.inductor_cache_dir() == Path(cache_dir())
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    found = compilation.inductor_cache_dir()
+    assert found == Path(cache_dir())
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)  # torch's function sets it; leave the process as it was
+
+
+def test_forced_settings_build_once_without_a_probe() -> None:
+    for setting, compiled in ((True, True), ("true", True), (False, False), ("false", False)):
+        chosen, decision, built = decide(setting, steps=10**6, step_seconds=0.01)
+        assert len(built) == 1 and chosen.compiled is compiled and chosen.calls == 0
+        assert decision.compiled is compiled and decision.reason == "forced by attack.compile"
+        assert chosen.compile_key == ("k" if compiled else None)
+
+
+def test_a_small_saving_stays_eager_without_reading_the_record(own_cache: Path) -> None:
+    compilation.remember("k", 0.01)  # even a record this cheap is not consulted below the floor
+    chosen, decision, built = decide("auto", steps=100, step_seconds=0.002)
+    assert not decision.compiled and len(built) == 1 and chosen.calls == 1 + compilation.PROBE_STEPS
+    assert decision.predicted_compile_seconds is None
+    assert decision.predicted_saving_seconds == pytest.approx(
+        100 * decision.eager_step_seconds * (1 - compilation.COMPILED_STEP_RATIO)
+    )
+    assert 0.002 <= decision.eager_step_seconds < 0.05
+
+
+def test_without_a_record_the_cold_estimate_decides() -> None:
+    # saving ≈ 4000 × 5 ms × 0.25 = 5 s; the cold estimate for 10 tensors is 35 s: eager
+    _, decision, built = decide("auto", steps=4000, step_seconds=0.005, tensors=10)
+    assert not decision.compiled and len(built) == 1
+    assert decision.predicted_compile_seconds == compilation.cold_estimate(10) > decision.predicted_saving_seconds
+    assert "cold estimate" in decision.reason
+
+
+def test_a_recorded_cheap_compilation_is_chosen_and_a_costly_one_is_not() -> None:
+    compilation.remember("k", 2.0)
+    chosen, decision, built = decide("auto", steps=4000, step_seconds=0.005)
+    assert decision.compiled and [b.compiled for b in built] == [False, True] and chosen.compile_key == "k"
+    assert decision.predicted_compile_seconds == 2.0 and "recorded" in decision.reason
+    assert compilation.finished(decision, chosen)["compile_seconds"] == 3.0
+    compilation.remember("k", 30.0)  # the same step, when compiling it cost more than it saves
+    _, decision, built = decide("auto", steps=4000, step_seconds=0.005)
+    assert not decision.compiled and len(built) == 1
+
+
+def test_the_record_survives_a_corrupt_file_and_lives_in_the_inductor_cache(own_cache: Path) -> None:
+    own_cache.mkdir(parents=True)
+    (own_cache / compilation.RECORD_NAME).write_text("{not json")
+    assert compilation.recorded_seconds("k") is None
+    compilation.remember("k", 1.25)
+    assert json.loads((own_cache / compilation.RECORD_NAME).read_text()) == {"k": 1.25}
+    assert compilation.recorded_seconds("k") == 1.25
+
+
+def test_keys_tell_victims_and_shapes_apart() -> None:
+    lenet = build_model("lenet-dlg", in_channels=3, num_classes=10, image_size=32, seed=0)
+    convnet = build_model("convnet", in_channels=3, num_classes=10, image_size=32, seed=0)
+    cpu = torch.device("cpu")
+    key = compilation.step_key("IG", [lenet], [(1, 1, 3, 32, 32)], cpu)
+    assert key == compilation.step_key("IG", [lenet], [(1, 1, 3, 32, 32)], cpu)
+    assert key != compilation.step_key("IG", [convnet], [(1, 1, 3, 32, 32)], cpu)
+    assert key != compilation.step_key("IG", [lenet], [(1, 8, 3, 32, 32)], cpu)
+    assert key != compilation.step_key("GIFD:stage0", [lenet], [(1, 1, 3, 32, 32)], cpu)
+
+
+def test_unknown_settings_are_refused() -> None:
+    with pytest.raises(ConfigError, match="attack.compile must be auto, true or false"):
+        compilation.check_setting("sometimes")
+    with pytest.raises(ConfigError, match="attack.compile"):
+        ATTACKS.build("inverting_gradients", compile="yes", device="cpu")
+
+
+def test_an_attack_reports_its_decision_and_does_not_count_the_probe() -> None:
+    model = build_model("lenet-dlg", in_channels=3, num_classes=10, image_size=16, seed=0).eval()
+    x, labels = torch.rand(1, 3, 16, 16), torch.tensor([3])
+    obs = Observation(model=model, update=FedSGDClient(mode="eval").update(model, x, labels), kind="gradient",
+                      image_shape=(3, 16, 16), num_classes=10, normalization=((0.0,) * 3, (1.0,) * 3),
+                      batch_size=1, labels=labels)
+    attack = ATTACKS.build("inverting_gradients", iterations=20, compile="auto", device="cpu", log_every=20)
+    rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
+    assert rec.iterations == 20  # the probe's steps are not counted
+    assert rec.extras["compile"]["setting"] == "auto" and rec.extras["compile"]["compiled"] is False
+    assert rec.extras["compile"]["steps"] == 20 and rec.extras["compile_seconds"] == 0.0
+    eager = ATTACKS.build("inverting_gradients", iterations=20, compile=False, device="cpu", log_every=20)
+    again = eager.reconstruct(obs, rng=torch.Generator().manual_seed(0))
+    assert torch.equal(rec.images, again.images)  # deciding changed nothing in the eager run
