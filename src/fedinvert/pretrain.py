@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fedinvert import determinism
+from fedinvert.cache import cache_root
 from fedinvert.data.base import DATASETS, Dataset
 from fedinvert.data.loader import _at_run_shape, build_dataset
 from fedinvert.errors import CheckpointError, ConfigError
@@ -64,8 +65,7 @@ _META_KEY = "fedinvert_victim"
 
 def cache_dir() -> Path:
     """Where trained victims are kept: ``$FEDINVERT_CACHE/victims`` (default ``~/.cache/fedinvert/victims``)."""
-    root = os.environ.get("FEDINVERT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fedinvert")
-    return Path(root) / "victims"
+    return cache_root() / "victims"
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,32 @@ def _activation(kind: str) -> nn.Module:
 
 
 def _flat_size(features: nn.Module, in_channels: int, image_size: int) -> int:
-    """Length of the flattened output of ``features`` for one input image (a dummy forward, no RNG)."""
-    with torch.no_grad():
-        return int(features(torch.zeros(1, in_channels, image_size, image_size)).numel())
+    """Length of the flattened output of ``features`` for one input image.
+
+    Computed from the size arithmetic of its convolutions and pools (element-wise layers keep the size), not by
+    a dummy forward: on the meta device (`fedinvert.memory.parameter_count`) a forward's shape inference imports
+    sympy, about a second of every run's start-up.
+    """
+    channels, height, width = in_channels, image_size, image_size
+    for layer in features.modules():
+        if isinstance(layer, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d)):
+            if getattr(layer, "ceil_mode", False):
+                raise ValueError("_flat_size does not handle ceil_mode pools")
+            kernel, stride, padding = (_pair(getattr(layer, a)) for a in ("kernel_size", "stride", "padding"))
+            dilation = _pair(getattr(layer, "dilation", 1))
+            height, width = (
+                (size + 2 * p - d * (k - 1) - 1) // s + 1
+                for size, k, s, p, d in zip((height, width), kernel, stride, padding, dilation, strict=True)
+            )
+            if isinstance(layer, nn.Conv2d):
+                channels = layer.out_channels
+    return channels * height * width
+
+
+def _pair(value: int | tuple[int, ...] | str) -> tuple[int, int]:
+    if isinstance(value, str):
+        raise ValueError(f"_flat_size needs numeric padding, got {value!r}")
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 @MODELS.register("lenet-dlg")
