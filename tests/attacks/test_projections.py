@@ -80,8 +80,11 @@ def test_agrees_with_a_brute_force_solver(case):
         )
         theirs = res.x[:d] - res.x[d:]
         # SLSQP may violate the constraint by rounding, so compare with a relative tolerance
+        assert np.abs(ours).sum() <= radius * (1 + 1e-5) + 1e-6  # ours lies in the ball
         assert objective(np.concatenate([ours.clip(min=0), (-ours).clip(min=0)])) <= res.fun + 1e-6 * (1 + res.fun)
-        np.testing.assert_allclose(ours, theirs, atol=1e-3 * (1 + np.abs(row).max()))
+        if res.success:  # the projection is unique; SLSQP can stall on extreme inputs (|x| = 50 rows), then the
+            # objective comparison above is the check
+            np.testing.assert_allclose(ours, theirs, atol=1e-3 * (1 + np.abs(row).max()))
 
 
 def test_no_random_point_of_the_ball_is_closer():
