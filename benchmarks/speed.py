@@ -8,22 +8,47 @@ long run differenced), so fixed per-run costs cancel for every column.
 
     python benchmarks/speed.py                  # lenet-dlg and convnet, B = 1 and 8, 32x32 (≈ 10 min here)
     python benchmarks/speed.py --iterations 400 --full   # adds resnet18 at B = 1, 8 and 32
+    python benchmarks/speed.py --breaching-python /work/scratch/breaching-venv/bin/python  # + breaching column
+
+The "breaching ms" column is breaching 0.1.2's ``invertinggradients`` attack (its own configuration; only
+``optim.max_iterations`` and ``restarts.num_trials = 1`` set, true labels given) on the same victim and observed
+gradient, measured the same way (warm-up, short and long runs differenced) by ``breaching_speed.py`` in a scratch
+interpreter given by ``--breaching-python`` or the environment variable FEDINVERT_BREACHING_PYTHON (breaching is
+no fedinvert dependency). Without one the column reads "–". The scratch environment, outside the repository:
+
+    python3 -m venv /work/scratch/breaching-venv
+    /work/scratch/breaching-venv/bin/pip install torch==2.13.0
+    /work/scratch/breaching-venv/bin/pip install breaching==0.1.2 torch==2.13.0 torchvision==0.28.0 scikit-image
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+import torch.fx
 import torch.nn.functional as F
-from _tables import write_csv
+from _tables import fmt, write_csv
 
 from fedinvert.attacks import ATTACKS
 from fedinvert.attacks.objectives import total_variation
 from fedinvert.fl import FedSGDClient
 from fedinvert.models import build_model
 from fedinvert.observation import Observation
+
+BREACHING_SCRIPT = Path(__file__).resolve().parent / "breaching_speed.py"
+BREACHING_INSTALL = (
+    "python3 -m venv /work/scratch/breaching-venv && /work/scratch/breaching-venv/bin/pip install torch==2.13.0"
+    " && /work/scratch/breaching-venv/bin/pip install breaching==0.1.2 torch==2.13.0 torchvision==0.28.0"
+    " scikit-image"
+)
 
 
 def bare_loop(model, target, labels, shape, *, iterations: int, tv: float = 1e-4) -> float:
@@ -49,65 +74,220 @@ def bare_loop(model, target, labels, shape, *, iterations: int, tv: float = 1e-4
     return (time.perf_counter() - start) / iterations
 
 
-def fedinvert_loop(obs, *, iterations: int, compile: bool) -> tuple[float, float]:
-    """(seconds per iteration, compile seconds) of `InvertingGradients` on the same observation.
+def fedinvert_loop(
+    obs, *, iterations: int, compile: bool, attack: str = "inverting_gradients", restarts: int = 1, **options
+) -> tuple[float, float]:
+    """(seconds per evaluation, compile seconds) of one fedinvert attack on the observation.
 
-    After a discarded warm-up run: two runs, a short one and one ``iterations`` longer; their time difference over ``iterations`` is the cost
-    of one more iteration, so the fixed costs of a run (copying the victim, evaluation, compilation) cancel.
+    After a discarded warm-up run: two runs, a short one and one ``iterations`` longer (steps, or steps a stage
+    for GIFD); their time difference over the extra evaluations is the cost of one more, so the fixed costs of
+    a run (copying the victim, label inference, compilation) cancel. An evaluation is one gradient-matching
+    step of all restarts at once (GIFD: of one stage).
     """
+    budget = "steps_per_stage" if attack == "gifd" else "iterations"
 
-    def timed(n: int) -> tuple[float, float]:
-        attack = ATTACKS.build(
-            "inverting_gradients", iterations=n, restarts=1, compile=compile, device="cpu", log_every=n
-        )
+    def timed(n: int) -> tuple[float, float, int]:
+        built = ATTACKS.build(attack, **{budget: n}, restarts=restarts, compile=compile, device="cpu", log_every=n,
+                              **options)
         start = time.perf_counter()
-        rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
+        rec = built.reconstruct(obs, rng=torch.Generator().manual_seed(0))
         compile_seconds = float(rec.extras.get("compile_seconds", 0.0))
-        return time.perf_counter() - start - compile_seconds, compile_seconds
+        return time.perf_counter() - start - compile_seconds, compile_seconds, rec.iterations // restarts
 
     warm = max(10, iterations // 4)
-    _, compile_seconds = timed(warm)  # the first run pays for compilation and warm-up; discarded
-    short, _ = timed(warm)
-    long, _ = timed(warm + iterations)
-    return (long - short) / iterations, compile_seconds
+    _, compile_seconds, _ = timed(warm)  # the first run pays for compilation and warm-up; discarded
+    short, _, short_steps = timed(warm)
+    long, _, long_steps = timed(warm + iterations)
+    return (long - short) / (long_steps - short_steps), compile_seconds
+
+
+def victim(name: str, batch: int) -> tuple:
+    """(model, observation, true gradient in parameter order, labels) of a 32 px RGB victim at batch ``batch``."""
+    model = build_model(name, in_channels=3, num_classes=10, image_size=32, seed=0).eval()
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch)) * 2 - 1
+    labels = torch.arange(batch) % 10
+    update = FedSGDClient(mode="eval").update(model, x, labels)
+    obs = Observation(model=model, update=update, kind="gradient", image_shape=(3, 32, 32), num_classes=10,
+                      normalization=((0.5,) * 3, (0.5,) * 3), batch_size=batch, labels=labels)
+    return model, obs, [update[n] for n, _ in model.named_parameters()], labels
+
+
+def breaching_loop(
+    python: str, model, target, labels, shape, *, iterations: int, threads: int
+) -> float | None:
+    """Seconds per iteration of breaching 0.1.2's Inverting Gradients on the same victim and observed gradient
+    (``target``, in ``model.parameters()`` order), run by ``breaching_speed.py`` under the interpreter ``python``
+    (a scratch environment with breaching); None without an interpreter or when that run fails (its error is
+    printed).
+
+    The victim travels as a ``torch.fx`` GraphModule (unpickling needs torch alone, not fedinvert), the gradient by
+    parameter name, with the labels, the input shape and speed.py's normalisation (0.5 per channel).
+    """
+    if not python:
+        return None
+    graph = torch.fx.symbolic_trace(model)
+    for node in graph.graph.nodes:
+        node.type = None  # string annotations (postponed evaluation) would not pickle
+    graph.recompile()
+    names = [name for name, _ in model.named_parameters()]
+    victim = {
+        "model": graph,
+        "gradients": {name: t.detach() for name, t in zip(names, target, strict=True)},
+        "labels": labels.detach().clone(),
+        "shape": tuple(shape),
+        "mean": (0.5,) * shape[1],
+        "std": (0.5,) * shape[1],
+    }
+    with tempfile.TemporaryDirectory(prefix="fedinvert-breaching-") as folder:
+        path = Path(folder) / "victim.pt"
+        torch.save(victim, path)
+        command = [
+            python,
+            str(BREACHING_SCRIPT),
+            "--victim",
+            str(path),
+            "--iterations",
+            str(iterations),
+            "--threads",
+            str(threads),
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        print(f"breaching run failed ({done.returncode}): {done.stderr.strip()[-2000:]}", file=sys.stderr)
+        return None
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["ms_per_iteration"] / 1e3
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def ig_section(args: argparse.Namespace, grid: list[tuple[str, int]]) -> list[dict]:
+    """Inverting Gradients, ms an iteration: bare loop, fedinvert eager and compiled, breaching."""
+    print(f"\nInverting Gradients, 32x32x3, ms an iteration (marginal; {args.iterations} extra iterations,"
+          f" resnet18 {args.resnet_iterations})")
+    print(f"{'model':<10} {'B':>3} {'bare':>9} {'eager':>9} {'compiled':>9} {'compile s':>9} {'breaching':>9}"
+          f" {'eager/bare':>10} {'compiled/bare':>13} {'breaching/bare':>14}")
+    rows = []
+    for name, batch in grid:
+        n = args.resnet_iterations if name == "resnet18" else args.iterations
+        model, obs, target, labels = victim(name, batch)
+        bare = bare_loop(model, target, labels, (batch, 3, 32, 32), iterations=n)
+        eager, _ = fedinvert_loop(obs, iterations=n, compile=False)
+        compiled, compile_s = fedinvert_loop(obs, iterations=n, compile=True)
+        theirs = breaching_loop(args.breaching_python, model, target, labels, (batch, 3, 32, 32), iterations=n,
+                                threads=args.threads)
+        row = {"model": name, "batch": batch, "bare_ms": bare * 1e3, "eager_ms": eager * 1e3,
+               "compiled_ms": compiled * 1e3, "compile_s": compile_s,
+               "breaching_ms": None if theirs is None else theirs * 1e3,
+               "eager_over_bare": eager / bare, "compiled_over_bare": compiled / bare,
+               "breaching_over_bare": ratio(theirs, bare)}
+        rows.append(row)
+        print(f"{name:<10} {batch:>3} {fmt(row['bare_ms'], '9.2f')} {fmt(row['eager_ms'], '9.2f')}"
+              f" {fmt(row['compiled_ms'], '9.2f')} {fmt(compile_s, '9.1f')} {fmt(row['breaching_ms'], '9.2f')}"
+              f" {fmt(row['eager_over_bare'], '10.2f')} {fmt(row['compiled_over_bare'], '13.2f')}"
+              f" {fmt(row['breaching_over_bare'], '14.2f')}", flush=True)
+    return rows
+
+
+def gifd_section(args: argparse.Namespace, grid: list[tuple[str, int]], prior) -> list[dict]:
+    """GIFD on the face prior, ms an evaluation (one stage step), eager and (with --gifd-compiled) compiled."""
+    print(f"\nGIFD, prior face-dcgan (all stages), ms an evaluation (marginal; {args.gifd_steps} extra steps a stage)")
+    print(f"{'model':<10} {'B':>3} {'eager':>9} {'compiled':>9} {'compile s':>9} {'compiled/eager':>14}")
+    rows = []
+    for name, batch in grid:
+        _, obs, _, _ = victim(name, batch)
+        n = max(2, args.gifd_steps // 10) if name == "resnet18" else args.gifd_steps
+        eager, _ = fedinvert_loop(obs, iterations=n, compile=False, attack="gifd", prior=prior)
+        compiled = compile_s = None
+        if args.gifd_compiled:
+            compiled, compile_s = fedinvert_loop(obs, iterations=n, compile=True, attack="gifd", prior=prior)
+        row = {"model": name, "batch": batch, "eager_ms": eager * 1e3,
+               "compiled_ms": None if compiled is None else compiled * 1e3, "compile_s": compile_s,
+               "compiled_over_eager": ratio(compiled, eager)}
+        rows.append(row)
+        print(f"{name:<10} {batch:>3} {fmt(row['eager_ms'], '9.2f')} {fmt(row['compiled_ms'], '9.2f')}"
+              f" {fmt(compile_s, '9.1f')} {fmt(row['compiled_over_eager'], '14.2f')}", flush=True)
+    return rows
+
+
+def restart_section(args: argparse.Namespace, victims: list[str], prior) -> list[dict]:
+    """4 restarts against 1 (B = 1): the cost of a step of all restarts over the cost of one restart's step."""
+    print(f"\nRestarts, B = 1: ms a step with {args.restarts} restarts and with 1, and their ratio")
+    print(f"{'attack':<22} {'model':<10} {'1 restart':>9} {f'{args.restarts} restarts':>10} {'ratio':>6}")
+    cases = [("inverting_gradients", False, {}), ("inverting_gradients", True, {}), ("gifd", False, {"prior": prior})]
+    if args.gifd_compiled:
+        cases.append(("gifd", True, {"prior": prior}))
+    rows = []
+    for name in victims:
+        _, obs, _, _ = victim(name, 1)
+        for attack, compiled, options in cases:
+            n = args.resnet_iterations if name == "resnet18" else args.iterations
+            if attack == "gifd":
+                n = max(2, args.gifd_steps // 10) if name == "resnet18" else args.gifd_steps
+            one, _ = fedinvert_loop(obs, iterations=n, compile=compiled, attack=attack, **options)
+            many, _ = fedinvert_loop(obs, iterations=n, compile=compiled, attack=attack, restarts=args.restarts,
+                                     **options)
+            label = f"{'IG' if attack == 'inverting_gradients' else 'GIFD'} {'compiled' if compiled else 'eager'}"
+            rows.append({"attack": label, "model": name, "one_ms": one * 1e3, "many_ms": many * 1e3,
+                         "restarts": args.restarts, "ratio": many / one})
+            print(f"{label:<22} {name:<10} {one * 1e3:9.2f} {many * 1e3:10.2f} {many / one:6.2f}", flush=True)
+    return rows
+
+
+def process_section(args: argparse.Namespace) -> None:
+    """Whole processes: `process.py` (fedinvert attack against the plain script, IG on LeNet-DLG)."""
+    print("\nWhole process (benchmarks/process.py):", flush=True)
+    here = Path(__file__).resolve().parent
+    done = subprocess.run([sys.executable, str(here / "process.py"), "--threads", str(args.threads), "--repeats",
+                           str(args.process_repeats)], capture_output=True, text=True, check=False, cwd=here)
+    print(done.stdout.rstrip() or done.stderr.strip()[-2000:], flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--iterations", type=int, default=200, help="extra iterations of the marginal runs (200)")
+    parser.add_argument("--resnet-iterations", type=int, default=20, help="the same for resnet18 (20)")
+    parser.add_argument("--gifd-steps", type=int, default=40, help="extra steps a stage of GIFD's runs (40)")
+    parser.add_argument("--restarts", type=int, default=4, help="restarts of the restart section (4)")
+    parser.add_argument("--victims", default="lenet-dlg,convnet,resnet18")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--sections", default="ig,gifd,restarts,process", help="which tables (all four)")
+    parser.add_argument("--gifd-compiled", action="store_true", help="also GIFD compiled (each stage compiles)")
+    parser.add_argument("--process-repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--full", action="store_true", help="add resnet18 and batch 32")
-    parser.add_argument("--csv", default="benchmarks/results/speed.csv")
+    parser.add_argument("--csv", default="benchmarks/results/speed.csv", help="IG table; _gifd, _restarts beside")
+    parser.add_argument(
+        "--breaching-python",
+        default=os.environ.get("FEDINVERT_BREACHING_PYTHON"),
+        help="interpreter of a scratch environment with breaching 0.1.2 (default: the environment"
+        " variable FEDINVERT_BREACHING_PYTHON); without one the breaching column reads n/a",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    grid = [("lenet-dlg", 1), ("lenet-dlg", 8), ("convnet", 1), ("convnet", 8)]
-    if args.full:
-        grid += [("convnet", 32), ("resnet18", 1), ("resnet18", 8), ("resnet18", 32)]
-    else:
-        print("left out (use --full): convnet B=32, resnet18 B=1/8/32")
-    rows = []
-    header = f"{'model':<10} {'B':>3} {'bare ms':>9} {'eager ms':>9} {'compiled ms':>12} {'compile s':>10} {'eager/bare':>10} {'compiled/bare':>13}"
-    print(f"Inverting Gradients, 32x32x3, {args.iterations} iterations, {args.threads} threads, torch {torch.__version__}")
-    print(header)
-    for name, batch in grid:
-        model = build_model(name, in_channels=3, num_classes=10, image_size=32, seed=0).eval()
-        x = torch.rand(batch, 3, 32, 32) * 2 - 1
-        labels = torch.arange(batch) % 10
-        update = FedSGDClient(mode="eval").update(model, x, labels)
-        obs = Observation(model=model, update=update, kind="gradient", image_shape=(3, 32, 32), num_classes=10,
-                          normalization=((0.5,) * 3, (0.5,) * 3), batch_size=batch, labels=labels)
-        target = [update[n] for n, _ in model.named_parameters()]
-        bare = bare_loop(model, target, labels, (batch, 3, 32, 32), iterations=args.iterations)
-        eager, _ = fedinvert_loop(obs, iterations=args.iterations, compile=False)
-        compiled, compile_s = fedinvert_loop(obs, iterations=args.iterations, compile=True)
-        row = {"model": name, "batch": batch, "bare_ms": bare * 1e3, "eager_ms": eager * 1e3,
-               "compiled_ms": compiled * 1e3, "compile_s": compile_s,
-               "eager_over_bare": eager / bare, "compiled_over_bare": compiled / bare}
-        rows.append(row)
-        print(f"{name:<10} {batch:>3} {row['bare_ms']:>9.2f} {row['eager_ms']:>9.2f} {row['compiled_ms']:>12.2f}"
-              f" {compile_s:>10.1f} {row['eager_over_bare']:>10.2f} {row['compiled_over_bare']:>13.2f}")
-    path = write_csv(rows, args.csv)
-    print(f"wrote {path}")
+    victims = args.victims.split(",")
+    grid = [(name, int(b)) for name in victims for b in args.batches.split(",")]
+    sections = args.sections.split(",")
+    print(f"{args.threads} thread(s), torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+    if not args.breaching_python:
+        print(f"no breaching column (--breaching-python or FEDINVERT_BREACHING_PYTHON); install: {BREACHING_INSTALL}")
+    csv = Path(args.csv)
+    if "ig" in sections:
+        print(f"wrote {write_csv(ig_section(args, grid), csv)}")
+    prior = None
+    if "gifd" in sections or "restarts" in sections:
+        from fedinvert.priors import build_prior
+
+        prior = build_prior("face-dcgan")
+    if "gifd" in sections:
+        print(f"wrote {write_csv(gifd_section(args, grid, prior), csv.with_name(csv.stem + '_gifd.csv'))}")
+    if "restarts" in sections:
+        rows = restart_section(args, victims, prior)
+        print(f"wrote {write_csv(rows, csv.with_name(csv.stem + '_restarts.csv'))}")
+    if "process" in sections:
+        process_section(args)
 
 
 if __name__ == "__main__":
