@@ -22,6 +22,7 @@ def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test reads and writes the record in its own inductor cache folder."""
     folder = tmp_path / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder))
+    monkeypatch.setattr(compilation, "_COMPILED_HERE", set())
     return folder
 
 
@@ -91,14 +92,26 @@ def test_without_a_record_the_cold_estimate_decides() -> None:
 
 
 def test_a_recorded_cheap_compilation_is_chosen_and_a_costly_one_is_not() -> None:
-    compilation.remember("k", 2.0)
+    compilation.remember("k", 2.0)  # recorded by an earlier process
+    compilation._COMPILED_HERE.clear()
     chosen, decision, built = decide("auto", steps=4000, step_seconds=0.005)
     assert decision.compiled and [b.compiled for b in built] == [False, True] and chosen.compile_key == "k"
     assert decision.predicted_compile_seconds == 2.0 and "recorded" in decision.reason
     assert compilation.finished(decision, chosen)["compile_seconds"] == 3.0
+    compilation._COMPILED_HERE.clear()
     compilation.remember("k", 30.0)  # the same step, when compiling it cost more than it saves
+    compilation._COMPILED_HERE.clear()
     _, decision, built = decide("auto", steps=4000, step_seconds=0.005)
     assert not decision.compiled and len(built) == 1
+
+
+def test_a_step_compiled_in_this_process_costs_nothing_and_keeps_its_record() -> None:
+    compilation.remember("k", 40.0)  # the first compilation in this process: recorded
+    compilation.remember("k", 0.01)  # a reuse of its code: not what a fresh process pays
+    assert compilation.recorded_seconds("k") == 40.0
+    _, decision, _ = decide("auto", steps=4000, step_seconds=0.005)
+    assert decision.compiled and decision.predicted_compile_seconds == 0.0
+    assert "already in this process" in decision.reason
 
 
 def test_the_record_survives_a_corrupt_file_and_lives_in_the_inductor_cache(own_cache: Path) -> None:
@@ -106,7 +119,8 @@ def test_the_record_survives_a_corrupt_file_and_lives_in_the_inductor_cache(own_
     (own_cache / compilation.RECORD_NAME).write_text("{not json")
     assert compilation.recorded_seconds("k") is None
     compilation.remember("k", 1.25)
-    assert json.loads((own_cache / compilation.RECORD_NAME).read_text()) == {"k": 1.25}
+    compilation.remember("j", 2.5)
+    assert json.loads((own_cache / compilation.RECORD_NAME).read_text()) == {"j": 2.5, "k": 1.25}
     assert compilation.recorded_seconds("k") == 1.25
 
 
@@ -142,3 +156,24 @@ def test_an_attack_reports_its_decision_and_does_not_count_the_probe() -> None:
     eager = ATTACKS.build("inverting_gradients", iterations=20, compile=False, device="cpu", log_every=20)
     again = eager.reconstruct(obs, rng=torch.Generator().manual_seed(0))
     assert torch.equal(rec.images, again.images)  # deciding changed nothing in the eager run
+
+
+@pytest.mark.slow  # compiles a double-backward graph: 5-30 s here
+def test_a_compiled_run_records_its_cost_and_auto_then_compiles() -> None:
+    model = build_model("lenet-dlg", in_channels=3, num_classes=10, image_size=16, seed=0).eval()
+    x, labels = torch.rand(1, 3, 16, 16), torch.tensor([3])
+    obs = Observation(model=model, update=FedSGDClient(mode="eval").update(model, x, labels), kind="gradient",
+                      image_shape=(3, 16, 16), num_classes=10, normalization=((0.0,) * 3, (1.0,) * 3),
+                      batch_size=1, labels=labels)
+    forced = ATTACKS.build("inverting_gradients", iterations=5, compile=True, device="cpu", log_every=5)
+    rec = forced.reconstruct(obs, rng=torch.Generator().manual_seed(0))
+    key = compilation.step_key("InvertingGradients", [model], [(1, 1, 3, 16, 16)], torch.device("cpu"))
+    assert rec.extras["compile_seconds"] > 0
+    assert compilation.recorded_seconds(key) == pytest.approx(rec.extras["compile_seconds"], abs=1e-3)
+    auto = ATTACKS.build("inverting_gradients", iterations=10**6, compile="auto", device="cpu", log_every=10**6)
+    matcher, decision = compilation.choose(
+        "auto", steps=auto.iterations, build=lambda c: auto.make_matcher(obs, labels, compiled=c),
+        probe=lambda m: m.step([torch.rand(1, 1, 3, 16, 16)]), key=lambda: key, tensors=lambda: 8,
+        device=torch.device("cpu"),
+    )
+    assert decision.compiled and matcher.compiled and "already in this process" in decision.reason
