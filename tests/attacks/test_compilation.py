@@ -103,6 +103,10 @@ def test_a_recorded_cheap_compilation_is_chosen_and_a_costly_one_is_not() -> Non
     compilation._COMPILED_HERE.clear()
     _, decision, built = decide("auto", steps=4000, step_seconds=0.005)
     assert not decision.compiled and len(built) == 1
+    compilation.remember_ratio("k", 0.9)  # a measured ratio replaces the default in the saving
+    _, decision, _ = decide("auto", steps=4000, step_seconds=0.005)
+    assert decision.step_ratio == 0.9 and "measured" in decision.reason
+    assert decision.predicted_saving_seconds == pytest.approx(4000 * decision.eager_step_seconds * 0.1)
 
 
 def test_a_step_compiled_in_this_process_costs_nothing_and_keeps_its_record() -> None:
@@ -120,8 +124,12 @@ def test_the_record_survives_a_corrupt_file_and_lives_in_the_inductor_cache(own_
     assert compilation.recorded_seconds("k") is None
     compilation.remember("k", 1.25)
     compilation.remember("j", 2.5)
-    assert json.loads((own_cache / compilation.RECORD_NAME).read_text()) == {"j": 2.5, "k": 1.25}
-    assert compilation.recorded_seconds("k") == 1.25
+    compilation.remember_ratio("k", 0.5)
+    compilation.remember_ratio("absent", 0.5)  # a ratio without a compile time is not kept
+    assert json.loads((own_cache / compilation.RECORD_NAME).read_text()) == {
+        "j": {"seconds": 2.5}, "k": {"seconds": 1.25, "ratio": 0.5}
+    }
+    assert compilation.recorded_seconds("k") == 1.25 and compilation.recorded_ratio("j") is None
 
 
 def test_keys_tell_victims_and_shapes_apart() -> None:
@@ -177,3 +185,9 @@ def test_a_compiled_run_records_its_cost_and_auto_then_compiles() -> None:
         device=torch.device("cpu"),
     )
     assert decision.compiled and matcher.compiled and "already in this process" in decision.reason
+    matcher.compile_key = key
+    for _ in range(4):
+        matcher.step([torch.rand(1, 1, 3, 16, 16)])
+    recorded = compilation.finished(decision, matcher)
+    assert 0 < recorded["measured_step_ratio"] < 2 and compilation.recorded_ratio(key) == pytest.approx(
+        recorded["measured_step_ratio"], abs=1e-3)

@@ -9,7 +9,8 @@ from a measured model of what compiling costs against what it saves:
 * **cost** = what compiling the same step cost the last time on this machine, recorded in
   ``fedinvert-compile-seconds.json`` inside the inductor's cache folder (``$TORCHINDUCTOR_CACHE_DIR``, else
   ``<tmp>/torchinductor_<user>``) beside the kernels that compilation left there, so clearing that cache
-  forgets the record too. Without a record: the cold estimate `COLD_SECONDS` + `COLD_SECONDS_PER_TENSOR` ×
+  forgets the record too; beside it the compiled / eager step ratio the last compiled run measured, which
+  replaces `COMPILED_STEP_RATIO` in the saving. Without a record: the cold estimate `COLD_SECONDS` + `COLD_SECONDS_PER_TENSOR` ×
   the parameter tensors of the models the step runs (victim and generator).
 * It compiles only when the saving exceeds the cost. A saving below `WARM_FLOOR_SECONDS`, less than any
   compilation measured here, decides "eager" without reading the record. A step compiled earlier in the same
@@ -28,6 +29,7 @@ import getpass
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -50,7 +52,7 @@ T = TypeVar("T")
 COMPILED_STEP_RATIO = 0.75
 #: cold compilation (imports, tracing, code generation) without a record: seconds, plus seconds per parameter
 #: tensor of the models the step runs (benchmarks/results/compile_cost.log)
-COLD_SECONDS = 20.0
+COLD_SECONDS = 18.0
 COLD_SECONDS_PER_TENSOR = 1.5
 #: less than any compilation measured here, warm cache included: a smaller saving never pays
 WARM_FLOOR_SECONDS = 1.0
@@ -86,7 +88,9 @@ class CompileDecision:
     eager_step_seconds: float | None = None
     predicted_saving_seconds: float | None = None
     predicted_compile_seconds: float | None = None
+    step_ratio: float | None = None  # compiled / eager step the prediction assumed
     compile_seconds: float | None = None  # measured, when it compiled
+    measured_step_ratio: float | None = None  # compiled step (measured over the run) / probed eager step
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -109,19 +113,33 @@ def record_path() -> Path:
     return inductor_cache_dir() / RECORD_NAME
 
 
-def _read_records() -> dict[str, float]:
+def _read_records() -> dict[str, dict[str, float]]:
+    """key -> {"seconds": compile seconds, "ratio": compiled / eager step (when measured)}; damaged entries are
+    left out."""
     try:
         data = json.loads(record_path().read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):
         return {}
-    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and v >= 0}
+    records = {}
+    for key, entry in data.items():
+        if isinstance(entry, dict):
+            kept = {f: float(v) for f, v in entry.items()
+                    if f in ("seconds", "ratio") and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0}
+            if "seconds" in kept:
+                records[key] = kept
+    return records
 
 
 def recorded_seconds(key: str) -> float | None:
     """The compile seconds last recorded for ``key`` on this machine, or None."""
-    return _read_records().get(key)
+    return _read_records().get(key, {}).get("seconds")
+
+
+def recorded_ratio(key: str) -> float | None:
+    """The compiled / eager step ratio last measured for ``key`` on this machine, or None."""
+    return _read_records().get(key, {}).get("ratio")
 
 
 #: keys compiled in this process: a later search of the same key here reuses dynamo's compiled code (measured:
@@ -135,9 +153,19 @@ def remember(key: str, seconds: float) -> None:
     if key in _COMPILED_HERE:
         return
     _COMPILED_HERE.add(key)
+    _update(key, seconds=round(float(seconds), 3))
+
+
+def remember_ratio(key: str, ratio: float) -> None:
+    """Record the measured compiled / eager step ratio of ``key`` (kept beside its compile seconds)."""
+    if key in _read_records() and math.isfinite(ratio) and ratio > 0:
+        _update(key, ratio=round(float(ratio), 3))
+
+
+def _update(key: str, **fields: float) -> None:
     path = record_path()
     records = _read_records()
-    records[key] = round(float(seconds), 3)
+    records[key] = {**records.get(key, {}), **fields}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = path.with_name(f".{path.name}.{os.getpid()}")
@@ -213,12 +241,19 @@ def choose(
         return built, CompileDecision(name, wanted, "forced by attack.compile", steps=steps)
     eager = build(False)
     step = _timed_probe(lambda: probe(eager), device)
-    saving = steps * step * (1 - COMPILED_STEP_RATIO)
-    decision = CompileDecision(name, False, "", steps=steps, eager_step_seconds=step, predicted_saving_seconds=saving)
-    if saving <= WARM_FLOOR_SECONDS:
-        decision.reason = f"the saving ({saving:.2f} s) is below the least a compilation costs ({WARM_FLOOR_SECONDS:g} s)"
+    decision = CompileDecision(name, False, "", steps=steps, eager_step_seconds=step)
+    if steps * step * (1 - COMPILED_STEP_RATIO) <= WARM_FLOOR_SECONDS:  # no ratio measured here is lower
+        decision.predicted_saving_seconds = steps * step * (1 - COMPILED_STEP_RATIO)
+        decision.reason = (
+            f"the saving (at most {decision.predicted_saving_seconds:.2f} s) is below the least a compilation costs"
+            f" ({WARM_FLOOR_SECONDS:g} s)"
+        )
         return eager, decision
     identity = key()
+    ratio = recorded_ratio(identity)
+    decision.step_ratio = COMPILED_STEP_RATIO if ratio is None else ratio
+    saving = steps * step * (1 - decision.step_ratio)
+    decision.predicted_saving_seconds = saving
     recorded = recorded_seconds(identity)
     if identity in _COMPILED_HERE:
         cost, source = 0.0, "compiled already in this process"
@@ -227,11 +262,18 @@ def choose(
     else:
         cost, source = cold_estimate(tensors()), "cold estimate"
     decision.predicted_compile_seconds = cost
+    measured = "a default" if ratio is None else "measured"
     if saving <= cost:
-        decision.reason = f"the saving ({saving:.1f} s) does not exceed compiling ({cost:.1f} s, {source})"
+        decision.reason = (
+            f"the saving ({saving:.1f} s at a compiled/eager step of {decision.step_ratio:.2f}, {measured}) does not"
+            f" exceed compiling ({cost:.1f} s, {source})"
+        )
         return eager, decision
     decision.compiled = True
-    decision.reason = f"the saving ({saving:.1f} s) exceeds compiling ({cost:.1f} s, {source})"
+    decision.reason = (
+        f"the saving ({saving:.1f} s at a compiled/eager step of {decision.step_ratio:.2f}, {measured}) exceeds"
+        f" compiling ({cost:.1f} s, {source})"
+    )
     log.info("attack.compile=auto compiles: %s", decision.reason)
     compiled = build(True)
     _give_key(compiled, identity)
@@ -244,9 +286,15 @@ def _give_key(built: Any, identity: str) -> None:
 
 
 def finished(decision: CompileDecision, built: Any) -> dict[str, Any]:
-    """The decision as ``run.json`` records it, with the measured compile seconds of a compiled step."""
+    """The decision as ``run.json`` records it, with the measured compile seconds of a compiled step; where
+    ``auto`` compiled, the measured compiled / eager step ratio is also recorded for the next decision."""
     if decision.compiled:
         decision.compile_seconds = float(getattr(built, "compile_seconds", 0.0))
+        compiled_step = getattr(built, "compiled_step_seconds", None)
+        key = getattr(built, "compile_key", None)
+        if compiled_step is not None and decision.eager_step_seconds and key is not None:
+            decision.measured_step_ratio = compiled_step / decision.eager_step_seconds
+            remember_ratio(key, decision.measured_step_ratio)
     return decision.as_dict()
 
 

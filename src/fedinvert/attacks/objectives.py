@@ -261,6 +261,13 @@ class GradientMatcher:
             self.compiled = compile
             self.compile_seconds = time.perf_counter() - start if compile else 0.0
         self._first_call = True
+        self._compiled_time = 0.0
+        self._compiled_steps = 0
+
+    @property
+    def compiled_step_seconds(self) -> float | None:
+        """Mean seconds of a compiled step after the first (on the CPU; None elsewhere or before two steps)."""
+        return self._compiled_time / self._compiled_steps if self._compiled_steps else None
 
     # -- pure pieces -----------------------------------------------------------------------------
     def _loss(self, params: Mapping[str, Tensor], inputs: Tensor, labels: Tensor) -> Tensor:
@@ -331,6 +338,9 @@ class GradientMatcher:
                 self.compile_seconds += time.perf_counter() - start
                 if self.compile_key is not None:
                     remember(self.compile_key, self.compile_seconds)
+            elif self.compiled and self.device.type == "cpu":  # asynchronous devices are not timed per step
+                self._compiled_time += time.perf_counter() - start
+                self._compiled_steps += 1
             self._first_call = False
             return tuple(grads), loss.detach(), dist.detach()
         grads_r, losses, dists = [], [], []
