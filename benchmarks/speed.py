@@ -24,6 +24,7 @@ no fedinvert dependency). Without one the column reads "–". The scratch enviro
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -51,14 +52,17 @@ BREACHING_INSTALL = (
 )
 
 
-def bare_loop(model, target, labels, shape, *, iterations: int, tv: float = 1e-4) -> float:
+def bare_loop(model, target, labels, shape, *, iterations: int, tv: float = 1e-4, device: str = "cpu") -> float:
     """Seconds per iteration of the plain eager loop (no fedinvert code)."""
+    model = copy.deepcopy(model).to(device)
+    target, labels = [t.to(device) for t in target], labels.to(device)
     params = [p for p in model.parameters()]
-    x = torch.randn(shape, requires_grad=True)
+    x = torch.randn(shape, device=device, requires_grad=True)
     opt = torch.optim.Adam([x], lr=0.1)
     tnorm = torch.sqrt(sum((t * t).sum() for t in target))
     for it in range(iterations + 5):
         if it == 5:
+            sync(device)
             start = time.perf_counter()
         opt.zero_grad()
         loss = F.cross_entropy(model(x), labels)
@@ -71,11 +75,18 @@ def bare_loop(model, target, labels, shape, *, iterations: int, tv: float = 1e-4
         opt.step()
         with torch.no_grad():
             x.clamp_(-1, 1)
+    sync(device)
     return (time.perf_counter() - start) / iterations
 
 
+def sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def fedinvert_loop(
-    obs, *, iterations: int, compile: bool, attack: str = "inverting_gradients", restarts: int = 1, **options
+    obs, *, iterations: int, compile: bool, attack: str = "inverting_gradients", restarts: int = 1,
+    device: str = "cpu", **options
 ) -> tuple[float, float]:
     """(seconds per evaluation, compile seconds) of one fedinvert attack on the observation.
 
@@ -87,7 +98,7 @@ def fedinvert_loop(
     budget = "steps_per_stage" if attack == "gifd" else "iterations"
 
     def timed(n: int) -> tuple[float, float, int]:
-        built = ATTACKS.build(attack, **{budget: n}, restarts=restarts, compile=compile, device="cpu", log_every=n,
+        built = ATTACKS.build(attack, **{budget: n}, restarts=restarts, compile=compile, device=device, log_every=n,
                               **options)
         start = time.perf_counter()
         rec = built.reconstruct(obs, rng=torch.Generator().manual_seed(0))
@@ -174,11 +185,13 @@ def ig_section(args: argparse.Namespace, grid: list[tuple[str, int]]) -> list[di
     for name, batch in grid:
         n = args.resnet_iterations if name == "resnet18" else args.iterations
         model, obs, target, labels = victim(name, batch)
-        bare = bare_loop(model, target, labels, (batch, 3, 32, 32), iterations=n)
-        eager, _ = fedinvert_loop(obs, iterations=n, compile=False)
-        compiled, compile_s = fedinvert_loop(obs, iterations=n, compile=True)
-        theirs = breaching_loop(args.breaching_python, model, target, labels, (batch, 3, 32, 32), iterations=n,
-                                threads=args.threads)
+        bare = bare_loop(model, target, labels, (batch, 3, 32, 32), iterations=n, device=args.device)
+        eager, _ = fedinvert_loop(obs, iterations=n, compile=False, device=args.device)
+        compiled, compile_s = fedinvert_loop(obs, iterations=n, compile=True, device=args.device)
+        theirs = None  # breaching's scratch environment is a CPU one
+        if args.device == "cpu":
+            theirs = breaching_loop(args.breaching_python, model, target, labels, (batch, 3, 32, 32), iterations=n,
+                                    threads=args.threads)
         row = {"model": name, "batch": batch, "bare_ms": bare * 1e3, "eager_ms": eager * 1e3,
                "compiled_ms": compiled * 1e3, "compile_s": compile_s,
                "breaching_ms": None if theirs is None else theirs * 1e3,
@@ -200,10 +213,11 @@ def gifd_section(args: argparse.Namespace, grid: list[tuple[str, int]], prior) -
     for name, batch in grid:
         _, obs, _, _ = victim(name, batch)
         n = max(2, args.gifd_steps // 10) if name == "resnet18" else args.gifd_steps
-        eager, _ = fedinvert_loop(obs, iterations=n, compile=False, attack="gifd", prior=prior)
+        eager, _ = fedinvert_loop(obs, iterations=n, compile=False, attack="gifd", prior=prior, device=args.device)
         compiled = compile_s = None
         if args.gifd_compiled:
-            compiled, compile_s = fedinvert_loop(obs, iterations=n, compile=True, attack="gifd", prior=prior)
+            compiled, compile_s = fedinvert_loop(obs, iterations=n, compile=True, attack="gifd", prior=prior,
+                                                 device=args.device)
         row = {"model": name, "batch": batch, "eager_ms": eager * 1e3,
                "compiled_ms": None if compiled is None else compiled * 1e3, "compile_s": compile_s,
                "compiled_over_eager": ratio(compiled, eager)}
@@ -227,9 +241,9 @@ def restart_section(args: argparse.Namespace, victims: list[str], prior) -> list
             n = args.resnet_iterations if name == "resnet18" else args.iterations
             if attack == "gifd":
                 n = max(2, args.gifd_steps // 10) if name == "resnet18" else args.gifd_steps
-            one, _ = fedinvert_loop(obs, iterations=n, compile=compiled, attack=attack, **options)
+            one, _ = fedinvert_loop(obs, iterations=n, compile=compiled, attack=attack, device=args.device, **options)
             many, _ = fedinvert_loop(obs, iterations=n, compile=compiled, attack=attack, restarts=args.restarts,
-                                     **options)
+                                     device=args.device, **options)
             label = f"{'IG' if attack == 'inverting_gradients' else 'GIFD'} {'compiled' if compiled else 'eager'}"
             rows.append({"attack": label, "model": name, "one_ms": one * 1e3, "many_ms": many * 1e3,
                          "restarts": args.restarts, "ratio": many / one})
@@ -257,6 +271,7 @@ def main() -> None:
     parser.add_argument("--sections", default="ig,gifd,restarts,process", help="which tables (all four)")
     parser.add_argument("--gifd-compiled", action="store_true", help="also GIFD compiled (each stage compiles)")
     parser.add_argument("--process-repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the process section runs on the CPU)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--csv", default="benchmarks/results/speed.csv", help="IG table; _gifd, _restarts beside")
     parser.add_argument(
@@ -270,7 +285,8 @@ def main() -> None:
     victims = args.victims.split(",")
     grid = [(name, int(b)) for name in victims for b in args.batches.split(",")]
     sections = args.sections.split(",")
-    print(f"{args.threads} thread(s), torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+    where = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
+    print(f"{where}, {args.threads} thread(s), torch {torch.__version__}, {torch.get_num_threads()} torch threads")
     if not args.breaching_python:
         print(f"no breaching column (--breaching-python or FEDINVERT_BREACHING_PYTHON); install: {BREACHING_INSTALL}")
     csv = Path(args.csv)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Device checks for a machine with a CUDA GPU (docs/determinism.md): set-up, the tests marked `cuda`, a short
-# timing of Inverting Gradients on the CPU and on the GPU, and a summary; under five minutes once set up.
+# timing of Inverting Gradients on the CPU and on the GPU, benchmarks/speed.py's table on the GPU (up to 10 min;
+# GPU_CHECK_SPEED=0 leaves it out) and a summary; under five minutes once set up without the table.
 #
 #   bash scripts/gpu_check.sh
 #
@@ -117,10 +118,22 @@ elif [ "$timing_rc" = 124 ]; then
     timing="timed out after 120 s"
 fi
 
+# -- the speed table (benchmarks/speed.py on the GPU; GPU_CHECK_SPEED=0 leaves it out) -------------------------------
+speed_rc=0
+speed_line="left out (GPU_CHECK_SPEED=0)"
+if [ "${GPU_CHECK_SPEED:-1}" != 0 ]; then
+    echo "speed table: benchmarks/speed.py --device cuda, IG, GIFD and restarts (log: $logs/speed.log)"
+    timeout 600 "$py" benchmarks/speed.py --device cuda --sections ig,gifd,restarts --threads "$threads" \
+        --csv "$logs/speed.csv" >"$logs/speed.log" 2>&1
+    speed_rc=$?
+    speed_line="$logs/speed.log (exit $speed_rc)"
+    [ "$speed_rc" = 124 ] && speed_line="timed out after 600 s; what it measured is in $logs/speed.log"
+fi
+
 # -- summary -----------------------------------------------------------------------------------------------------
 status=PASS
 code=0
-if [ "$tests_rc" != 0 ] || [ "$timing_rc" != 0 ]; then
+if [ "$tests_rc" != 0 ] || [ "$timing_rc" != 0 ] || [ "$speed_rc" != 0 ]; then
     status=FAIL
     code=1
 fi
@@ -130,8 +143,13 @@ echo "device        : $device"
 echo "device tests  : ${tests_line:-no pytest summary (exit $tests_rc)}"
 echo "nondeterminism: ${kernels:-not reported} (kernels PyTorch named during the IG run)"
 echo "timing (IG)   : $timing"
+echo "speed table   : $speed_line"
 echo "seconds       : $((SECONDS - started))"
 echo "logs          : $logs"
+if [ -s "$logs/speed.log" ]; then
+    echo
+    cat "$logs/speed.log"
+fi
 if [ "$tests_rc" != 0 ]; then
     echo
     echo "failed device tests (from $logs/tests.log):"

@@ -23,33 +23,39 @@ def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder))
     monkeypatch.setattr(compilation, "_COMPILED_HERE", set())
+    monkeypatch.setattr(compilation, "_EAGER_FORM_HERE", {})
     return folder
 
 
 class Built:
-    """A stand-in step object: counts its probe calls, takes a compile key."""
+    """A stand-in step object in one form: counts its probe calls, takes a compile key."""
 
-    def __init__(self, compiled: bool) -> None:
-        self.compiled = compiled
+    def __init__(self, form: str) -> None:
+        self.form = form
+        self.compiled = form == compilation.COMPILED
         self.calls = 0
         self.compile_key: str | None = None
-        self.compile_seconds = 3.0 if compiled else 0.0
+        self.compile_seconds = 3.0 if self.compiled else 0.0
 
     def step(self, seconds: float) -> None:
         self.calls += 1
         time.sleep(seconds)
 
 
-def decide(setting: bool | str, *, steps: int, step_seconds: float, tensors: int = 10):
+def decide(setting: bool | str, *, steps: int, step_seconds: float, tensors: int = 10, restarts: int = 1,
+           vmapped_seconds: float | None = None):
     built: list[Built] = []
 
-    def build(compiled: bool) -> Built:
-        built.append(Built(compiled))
+    def build(form: str) -> Built:
+        built.append(Built(form))
         return built[-1]
 
+    def probe(b: Built) -> None:
+        b.step(vmapped_seconds if b.form == compilation.VMAP and vmapped_seconds is not None else step_seconds)
+
     chosen, decision = compilation.choose(
-        setting, steps=steps, build=build, probe=lambda b: b.step(step_seconds), key=lambda: "k",
-        tensors=lambda: tensors, device=torch.device("cpu"),
+        setting, steps=steps, build=build, probe=probe, key=lambda: "k", tensors=lambda: tensors,
+        device=torch.device("cpu"), try_vmap=restarts > 1,
     )
     return chosen, decision, built
 
@@ -95,7 +101,7 @@ def test_a_recorded_cheap_compilation_is_chosen_and_a_costly_one_is_not() -> Non
     compilation.remember("k", 2.0)  # recorded by an earlier process
     compilation._COMPILED_HERE.clear()
     chosen, decision, built = decide("auto", steps=4000, step_seconds=0.005)
-    assert decision.compiled and [b.compiled for b in built] == [False, True] and chosen.compile_key == "k"
+    assert decision.compiled and [b.form for b in built] == ["eager", "compiled"] and chosen.compile_key == "k"
     assert decision.predicted_compile_seconds == 2.0 and "recorded" in decision.reason
     assert compilation.finished(decision, chosen)["compile_seconds"] == 3.0
     compilation._COMPILED_HERE.clear()
@@ -107,6 +113,17 @@ def test_a_recorded_cheap_compilation_is_chosen_and_a_costly_one_is_not() -> Non
     _, decision, _ = decide("auto", steps=4000, step_seconds=0.005)
     assert decision.step_ratio == 0.9 and "measured" in decision.reason
     assert decision.predicted_saving_seconds == pytest.approx(4000 * decision.eager_step_seconds * 0.1)
+
+
+def test_several_restarts_run_in_the_faster_uncompiled_form_and_keep_it() -> None:
+    chosen, decision, built = decide("false", steps=10, step_seconds=0.02, restarts=4, vmapped_seconds=0.004)
+    assert chosen.form == "vmap" and [b.form for b in built] == ["eager", "vmap"] and not decision.compiled
+    assert decision.vmapped_step_seconds < decision.looped_step_seconds and decision.form == "vmap"
+    chosen, decision, built = decide("auto", steps=10, step_seconds=0.02, restarts=4, vmapped_seconds=0.004)
+    assert [b.form for b in built] == ["vmap"] and decision.looped_step_seconds is None  # kept in this process
+    compilation._EAGER_FORM_HERE.clear()
+    chosen, decision, _ = decide("auto", steps=10, step_seconds=0.004, restarts=4, vmapped_seconds=0.02)
+    assert chosen.form == "eager" and decision.form == "eager"  # looping wins on large victims (ResNet-18)
 
 
 def test_a_step_compiled_in_this_process_costs_nothing_and_keeps_its_record() -> None:
@@ -180,7 +197,7 @@ def test_a_compiled_run_records_its_cost_and_auto_then_compiles() -> None:
     assert compilation.recorded_seconds(key) == pytest.approx(rec.extras["compile_seconds"], abs=1e-3)
     auto = ATTACKS.build("inverting_gradients", iterations=10**6, compile="auto", device="cpu", log_every=10**6)
     matcher, decision = compilation.choose(
-        "auto", steps=auto.iterations, build=lambda c: auto.make_matcher(obs, labels, compiled=c),
+        "auto", steps=auto.iterations, build=lambda form: auto.make_matcher(obs, labels, form=form),
         probe=lambda m: m.step([torch.rand(1, 1, 3, 16, 16)]), key=lambda: key, tensors=lambda: 8,
         device=torch.device("cpu"),
     )

@@ -317,12 +317,12 @@ class GenerativeAttack(Attack):
         obs: Observation,
         render: Callable[..., tuple[Tensor, Tensor]],
         *,
-        compiled: bool,
+        form: str,
         regularizer: Regularizer | None,
-        functional: bool = False,
     ) -> GradientMatcher:
-        """The gradient matcher of one search: vmapped and compiled when ``compiled`` (per `choose_compiled`);
-        ``functional=True`` asks for the vmappable pure form even when it is not compiled."""
+        """The gradient matcher of one search in ``form`` (`compilation.EAGER`, ``VMAP`` or ``COMPILED``, per
+        `choose_compiled`); the two latter are the vmappable pure form, the last one compiled."""
+        compiled, functional = form == compilation.COMPILED, form != compilation.EAGER
         return GradientMatcher(
             obs,
             distance=self.distance,
@@ -331,7 +331,7 @@ class GenerativeAttack(Attack):
             regularizer=regularizer,
             adaptive=self.adaptive,
             fedavg=self.fedavg,
-            functional=functional or compiled,
+            functional=functional,
             compile=compiled,
             holdout=self.holdout,
             holdout_seed=self.holdout_seed,
@@ -344,11 +344,15 @@ class GenerativeAttack(Attack):
         label: str,
         *,
         steps: int,
-        build: Callable[[bool], T],
+        build: Callable[[str], T],
         probe: Callable[[T], Any],
         shapes: Sequence[Sequence[int]],
     ) -> tuple[T, compilation.CompileDecision]:
-        """`compilation.choose` for a search of ``steps`` through the victim and this attack's prior."""
+        """`compilation.choose` for a search of ``steps`` through the victim and this attack's prior.
+
+        Uncompiled, the restarts stay looped: the vmapped form runs the prior with its batch norms rewritten
+        as affine maps, whose last digits differ, so restart 0 of an R = 2 run would no longer follow the R = 1
+        run's chain (`tests/attacks/test_gifd.py`)."""
         return compilation.choose(
             self.compile,
             steps=steps,
@@ -452,14 +456,14 @@ class GenerativeAttack(Attack):
                 variables[name] = next(rest)
             return variables
 
-        def build(compiled: bool) -> GradientMatcher:
-            generator = self.generator(compiled)
+        def build(form: str) -> GradientMatcher:
+            generator = self.generator(form != compilation.EAGER)
 
             def render(*values: Tensor) -> tuple[Tensor, Tensor]:
                 images = generator.render(k, assemble(values), setup.cond)
                 return self.victim_inputs(obs, images), setup.labels
 
-            return self.make_matcher(obs, render, compiled=compiled, regularizer=regularizer)
+            return self.make_matcher(obs, render, form=form, regularizer=regularizer)
 
         def project(current: list[Tensor]) -> None:
             for name, leaf in zip(optimised, current, strict=True):

@@ -145,9 +145,10 @@ class CINet(Attack):
         def regularizer(inputs: Tensor, variables: tuple[Tensor, ...] = ()) -> Tensor:
             return self.tv * total_variation(inputs) if self.tv else inputs.new_zeros(())
 
-        def build(compiled: bool) -> GradientMatcher:
+        def build(form: str) -> GradientMatcher:
             return GradientMatcher(obs, distance=self.distance, render=render, regularizer=regularizer,
-                                   fedavg=self.fedavg, functional=compiled, compile=compiled, device=self.device)
+                                   fedavg=self.fedavg, functional=form != compilation.EAGER,
+                                   compile=form == compilation.COMPILED, device=self.device)
 
         matcher, decision = compilation.choose(
             self.compile,

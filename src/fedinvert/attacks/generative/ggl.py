@@ -204,7 +204,8 @@ class GGL(GenerativeAttack):
 
         sample = latents.reshape(restarts, batch, *prior.latent_shape)[:1].expand(restarts * population, *shape)
         score, decision = self.choose_compiled(
-            obs, "cma", steps=self.iterations, build=lambda compiled: self._scorer(obs, setup, compiled=compiled),
+            obs, "cma", steps=self.iterations,
+            build=lambda form: self._scorer(obs, setup, compiled=form == compilation.COMPILED),
             probe=lambda candidate: candidate(sample), shapes=[sample.shape],
         )
         score.evaluations = 0  # the probe's evaluations are not the search's
@@ -269,7 +270,7 @@ class GGL(GenerativeAttack):
         def render(latent: Tensor) -> tuple[Tensor, Tensor]:
             return self.victim_inputs(obs, prior(latent, setup.cond)), setup.labels
 
-        matcher = self.make_matcher(obs, render, compiled=compiled, regularizer=None, functional=True)
+        matcher = self.make_matcher(obs, render, form=compilation.VMAP, regularizer=None)
 
         def one(latent: Tensor) -> tuple[Tensor, Tensor]:
             inputs, labels = render(latent)

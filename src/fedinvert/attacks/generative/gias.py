@@ -194,15 +194,15 @@ class GIAS(GenerativeAttack):
                 return torch.func.vmap(lambda th, va: one(th, va, None))(tuple(thetas), tuple(values))
             return torch.func.vmap(one)(tuple(thetas), tuple(values), setup.cond)
 
-        def build(compiled: bool) -> GradientMatcher:
-            renderer = StageRenderer(self.generator(compiled), 0)
+        def build(form: str) -> GradientMatcher:
+            renderer = StageRenderer(self.generator(form != compilation.EAGER), 0)
 
             def render(*values: Tensor) -> tuple[Tensor, Tensor]:
                 images = render_batch(renderer, values[: len(names)], values[len(names) :])
                 return self.victim_inputs(obs, images), setup.labels
 
             return self.make_matcher(
-                obs, render, compiled=compiled, regularizer=image_regularizer(tv=self.tv, norm=self.image_norm)
+                obs, render, form=form, regularizer=image_regularizer(tv=self.tv, norm=self.image_norm)
             )
 
         first = [*copies, *latents]

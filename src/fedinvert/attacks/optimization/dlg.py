@@ -89,7 +89,8 @@ class DLG(Attack):
             assert labels is not None  # the joint search passes its label variable
             return x, labels
 
-        def build(compiled: bool) -> GradientMatcher:
+        def build(form: str) -> GradientMatcher:
+            compiled = form == compilation.COMPILED
             return GradientMatcher(
                 obs,
                 distance=self.distance,

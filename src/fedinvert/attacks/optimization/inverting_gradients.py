@@ -117,12 +117,11 @@ class PixelAttack(Attack):
 
         return reg
 
-    def make_matcher(self, obs: Observation, labels: Tensor, *, compiled: bool = False) -> GradientMatcher:
-        """The gradient matcher of a run; ``compiled`` per `compilation.choose` (``attack.compile``)."""
-        # several restarts run as one vmapped batch through the victim (measured here on DLG's LeNet, B = 1:
-        # 4 restarts 7.8 ms a step against 10.3-10.9 looped; ConvNet 39-41 against 49-50); one chain stays on
-        # plain autograd, which is faster for it
-        functional = compiled or self.restarts > 1
+    def make_matcher(self, obs: Observation, labels: Tensor, *, form: str = compilation.EAGER) -> GradientMatcher:
+        """The gradient matcher of a run in ``form`` (`compilation.EAGER`, ``VMAP`` or ``COMPILED``; chosen by
+        `compilation.choose` from ``attack.compile`` and a probe of the run's start)."""
+        compiled = form == compilation.COMPILED
+        functional = form != compilation.EAGER
         return GradientMatcher(
             obs,
             distance=self.distance,
@@ -150,11 +149,12 @@ class PixelAttack(Attack):
         matcher, decision = compilation.choose(
             self.compile,
             steps=self.iterations,
-            build=lambda compiled: self.make_matcher(obs, labels, compiled=compiled),
+            build=lambda form: self.make_matcher(obs, labels, form=form),
             probe=lambda candidate: self.make_step(candidate, x0)([x0]),
             key=lambda: compilation.step_key(type(self).__name__, [obs.model], [x0.shape], self.device),
             tensors=lambda: compilation.parameter_tensors(obs.model),
             device=self.device,
+            try_vmap=self.restarts > 1,
         )
         matcher.evaluations = 0  # the probe's steps are not the attack's
         result = optimize(
