@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test test-slow demo data face-gan lint docs bench-speed report-check clean
+.PHONY: setup test test-slow demo data face-gan lint docs bench-speed bench-compile report-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,9 @@ docs: setup $(VENV)/.docs
 
 bench-speed: setup
 	$(PY) benchmarks/speed.py
+
+bench-compile: setup
+	$(PY) benchmarks/compile_cost.py
 
 # The study report's tests, the page rendered in headless Chromium (installed here when root and absent).
 report-check: setup
