@@ -167,12 +167,18 @@ def test_unknown_settings_are_refused() -> None:
         ATTACKS.build("inverting_gradients", compile="yes", device="cpu")
 
 
-def test_an_attack_reports_its_decision_and_does_not_count_the_probe() -> None:
+def lenet_observation() -> tuple[torch.nn.Module, torch.Tensor, Observation]:
+    """DLG's LeNet at 16 px and the gradient of one random image of class 3."""
     model = build_model("lenet-dlg", in_channels=3, num_classes=10, image_size=16, seed=0).eval()
     x, labels = torch.rand(1, 3, 16, 16), torch.tensor([3])
     obs = Observation(model=model, update=FedSGDClient(mode="eval").update(model, x, labels), kind="gradient",
                       image_shape=(3, 16, 16), num_classes=10, normalization=((0.0,) * 3, (1.0,) * 3),
                       batch_size=1, labels=labels)
+    return model, labels, obs
+
+
+def test_an_attack_reports_its_decision_and_does_not_count_the_probe() -> None:
+    model, labels, obs = lenet_observation()
     attack = ATTACKS.build("inverting_gradients", iterations=20, compile="auto", device="cpu", log_every=20)
     rec = attack.reconstruct(obs, rng=torch.Generator().manual_seed(0))
     assert rec.iterations == 20  # the probe's steps are not counted
@@ -185,11 +191,7 @@ def test_an_attack_reports_its_decision_and_does_not_count_the_probe() -> None:
 
 @pytest.mark.slow  # compiles a double-backward graph: 5-30 s here
 def test_a_compiled_run_records_its_cost_and_auto_then_compiles() -> None:
-    model = build_model("lenet-dlg", in_channels=3, num_classes=10, image_size=16, seed=0).eval()
-    x, labels = torch.rand(1, 3, 16, 16), torch.tensor([3])
-    obs = Observation(model=model, update=FedSGDClient(mode="eval").update(model, x, labels), kind="gradient",
-                      image_shape=(3, 16, 16), num_classes=10, normalization=((0.0,) * 3, (1.0,) * 3),
-                      batch_size=1, labels=labels)
+    model, labels, obs = lenet_observation()
     forced = ATTACKS.build("inverting_gradients", iterations=5, compile=True, device="cpu", log_every=5)
     rec = forced.reconstruct(obs, rng=torch.Generator().manual_seed(0))
     key = compilation.step_key("InvertingGradients", [model], [(1, 1, 3, 16, 16)], torch.device("cpu"))
