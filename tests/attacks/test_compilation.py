@@ -32,7 +32,7 @@ class Built:
 
     def __init__(self, form: str) -> None:
         self.form = form
-        self.compiled = form == compilation.COMPILED
+        self.compiled = form in (compilation.COMPILED, compilation.COMPILED_LOOP)
         self.calls = 0
         self.compile_key: str | None = None
         self.compile_seconds = 3.0 if self.compiled else 0.0
@@ -124,6 +124,19 @@ def test_several_restarts_run_in_the_faster_uncompiled_form_and_keep_it() -> Non
     compilation._EAGER_FORM_HERE.clear()
     chosen, decision, _ = decide("auto", steps=10, step_seconds=0.004, restarts=4, vmapped_seconds=0.02)
     assert chosen.form == "eager" and decision.form == "eager"  # looping wins on large victims (ResNet-18)
+
+
+def test_a_compiled_step_loops_its_restarts_where_looping_won() -> None:
+    compilation.remember("k", 0.5)  # recorded by an earlier process
+    compilation._COMPILED_HERE.clear()
+    chosen, decision, _ = decide("auto", steps=4000, step_seconds=0.004, restarts=4, vmapped_seconds=0.02)
+    assert decision.compiled and chosen.form == decision.form == "compiled_loop"
+    compilation._EAGER_FORM_HERE.clear()
+    compilation._COMPILED_HERE.clear()
+    chosen, decision, _ = decide("auto", steps=4000, step_seconds=0.02, restarts=4, vmapped_seconds=0.004)
+    assert decision.compiled and chosen.form == decision.form == "compiled"
+    chosen, _, _ = decide(True, steps=10, step_seconds=0.004, restarts=4)
+    assert chosen.form == "compiled"  # forced: vmapped, no probe
 
 
 def test_a_step_compiled_in_this_process_costs_nothing_and_keeps_its_record() -> None:

@@ -163,7 +163,9 @@ def start(restarts: int) -> Tensor:
     return torch.randn(restarts, BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2)).requires_grad_()
 
 
-def assert_step_matches(obs: Observation, *, functional: bool, compile: bool, restarts: int) -> None:
+def assert_step_matches(
+    obs: Observation, *, functional: bool, compile: bool, restarts: int, loop_restarts: bool = False
+) -> None:
     x = start(restarts)
     ref_grad, ref_loss, ref_dist = reference_step(obs, x)
     matcher = GradientMatcher(
@@ -173,6 +175,7 @@ def assert_step_matches(obs: Observation, *, functional: bool, compile: bool, re
         regularizer=regularizer,
         functional=functional,
         compile=compile,
+        loop_restarts=loop_restarts,
     )
     for _ in range(2):  # the second call runs the cached (compiled) function
         (grad,), loss, dist = matcher.step([x])
@@ -194,6 +197,11 @@ def test_step_equals_plain_autograd(name: str, mode: str, restarts: int, functio
     assert_step_matches(observation(name, mode), functional=functional, compile=False, restarts=restarts)
 
 
+@pytest.mark.parametrize(("name", "mode"), CASES)
+def test_the_functional_step_with_looped_restarts_equals_plain_autograd(name: str, mode: str) -> None:
+    assert_step_matches(observation(name, mode), functional=True, compile=False, restarts=3, loop_restarts=True)
+
+
 @pytest.mark.slow  # each case compiles a double-backward graph: 20 s to 2 min here
 @pytest.mark.parametrize(
     ("name", "mode", "restarts"),
@@ -202,6 +210,9 @@ def test_step_equals_plain_autograd(name: str, mode: str, restarts: int, functio
 )
 def test_compiled_step_equals_plain_autograd(name: str, mode: str, restarts: int) -> None:
     assert_step_matches(observation(name, mode), functional=True, compile=True, restarts=restarts)
+    if restarts > 1:  # the compiled chain called once per restart (attack.compile=auto where looping is faster)
+        assert_step_matches(observation(name, mode), functional=True, compile=True, restarts=restarts,
+                            loop_restarts=True)
 
 
 def test_the_regularizer_sees_every_variable() -> None:

@@ -77,8 +77,9 @@ def forced(setting: bool | str) -> bool | None:
     return None if setting == "auto" else setting == "true"
 
 
-#: the forms of a search's step: plain autograd (restarts looped), vmapped over restarts, compiled (vmapped)
-EAGER, VMAP, COMPILED = "eager", "vmap", "compiled"
+#: the forms of a search's step: plain autograd (restarts looped), vmapped over restarts, compiled (restarts
+#: vmapped), and compiled with its restarts looped (one compiled chain called per restart)
+EAGER, VMAP, COMPILED, COMPILED_LOOP = "eager", "vmap", "compiled", "compiled_loop"
 
 
 @dataclass
@@ -234,13 +235,14 @@ def choose(
     With ``try_vmap`` (a search of several restarts), the uncompiled step runs looped (`EAGER`) or vmapped
     (`VMAP`), whichever its probe finds faster: vmap batches the restarts through the victim but computes
     per-restart parameter gradients, which wins on small victims (DLG's LeNet: 4 restarts 2.8 × one, looped
-    4 ×) and loses on large ones (ResNet-18: 5.8 ×). The choice is kept per key for the rest of the process.
+    4 ×) and loses on large ones (ResNet-18: 5.8 ×). The choice is kept per key for the rest of the process,
+    and a compiled step follows it (`COMPILED_LOOP` where looping won).
 
     Args:
         setting: ``attack.compile``.
         steps: the steps the search will take.
         build: ``build(form)`` returns the search's step object (a `GradientMatcher`, a scorer, ...) in the form
-            `EAGER`, `VMAP` or `COMPILED`.
+            `EAGER`, `VMAP`, `COMPILED` or (only with ``try_vmap``) `COMPILED_LOOP`.
         probe: runs one step of a built object on the search's start (its result discarded).
         key: the search's identity for the compile-time record (`step_key`).
         tensors: parameter tensors of the models the step runs, for the cold estimate.
@@ -294,13 +296,15 @@ def choose(
             f" exceed compiling ({cost:.1f} s, {source})"
         )
         return eager, decision
-    decision.compiled, decision.form = True, COMPILED
+    # compiled steps keep the order of their eager forms: where looping beat vmap, the compiled chain loops too
+    decision.compiled = True
+    decision.form = COMPILED_LOOP if try_vmap and decision.form == EAGER else COMPILED
     decision.reason = (
         f"the saving ({saving:.1f} s at a compiled/eager step of {decision.step_ratio:.2f}, {measured}) exceeds"
         f" compiling ({cost:.1f} s, {source})"
     )
     log.info("attack.compile=auto compiles: %s", decision.reason)
-    compiled = build(COMPILED)
+    compiled = build(decision.form)
     _give_key(compiled, identity)
     return compiled, decision
 

@@ -150,7 +150,8 @@ class GradientMatcher:
 
     ``step(variables)`` takes every variable with a leading restart dimension R and returns
     ``(grads, loss[R], distance[R])``. In functional mode it runs ``vmap(grad_and_value(objective))`` over
-    restarts, optionally under `torch.compile`; in eager mode it loops over restarts with plain autograd.
+    restarts, optionally under `torch.compile` (with ``loop_restarts``, the compiled single chain once per
+    restart instead); in eager mode it loops over restarts with plain autograd.
 
     The observed model is copied, so the attack never changes its weights or BatchNorm buffers; a model in
     train mode keeps using batch statistics (as the client did).
@@ -189,6 +190,7 @@ class GradientMatcher:
         compile: bool = False,
         holdout: float = 0.0,
         holdout_seed: int = 0,
+        loop_restarts: bool = False,
         device: torch.device | str = "cpu",
     ) -> None:
         if not 0.0 <= holdout < 1.0:
@@ -247,6 +249,7 @@ class GradientMatcher:
         self.regularizer = regularizer
         self.update_transform = update_transform
         self.functional = functional
+        self.loop_restarts = loop_restarts  # functional mode: one (compiled) chain called per restart, no vmap
         self.compiled = False
         self.compile_seconds = 0.0
         self.compile_key: str | None = None  # set by `compilation.choose`: record what compiling cost under it
@@ -329,9 +332,11 @@ class GradientMatcher:
         self.evaluations += restarts
         if self._step_fn is not None:
             start = time.perf_counter()
-            if restarts == 1:  # one chain: no vmap needed
-                grads, (loss, dist) = self._single_fn(tuple(v[0] for v in variables))
-                grads, loss, dist = tuple(g.unsqueeze(0) for g in grads), loss.unsqueeze(0), dist.unsqueeze(0)
+            if restarts == 1 or self.loop_restarts:  # one chain at a time: no vmap
+                chains = [self._single_fn(tuple(v[r] for v in variables)) for r in range(restarts)]
+                grads = tuple(torch.stack(gs) for gs in zip(*(c[0] for c in chains), strict=True))
+                loss = torch.stack([c[1][0] for c in chains])
+                dist = torch.stack([c[1][1] for c in chains])
             else:
                 grads, (loss, dist) = self._step_fn(variables)
             if self._first_call and self.compiled:

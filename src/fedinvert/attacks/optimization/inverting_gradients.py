@@ -120,7 +120,7 @@ class PixelAttack(Attack):
     def make_matcher(self, obs: Observation, labels: Tensor, *, form: str = compilation.EAGER) -> GradientMatcher:
         """The gradient matcher of a run in ``form`` (`compilation.EAGER`, ``VMAP`` or ``COMPILED``; chosen by
         `compilation.choose` from ``attack.compile`` and a probe of the run's start)."""
-        compiled = form == compilation.COMPILED
+        compiled = form in (compilation.COMPILED, compilation.COMPILED_LOOP)
         functional = form != compilation.EAGER
         return GradientMatcher(
             obs,
@@ -133,6 +133,7 @@ class PixelAttack(Attack):
             fedavg=self.fedavg,
             functional=functional,
             compile=compiled,
+            loop_restarts=form == compilation.COMPILED_LOOP,
             device=self.device,
         )
 
