@@ -1,0 +1,58 @@
+"""The four forms of Inverting Gradients' step with several restarts, side by side on one victim.
+
+`attack.compile=auto` runs several restarts looped or vmapped, whichever a probe finds faster eagerly, and a
+compiled step follows the eager choice (`fedinvert.attacks.compilation`). This script shows whether the
+compiled forms keep the eager forms' order: ms a step (after the first call, which compiles) of the compiled
+single chain (R = 1), the compiled vmapped step, the compiled chain called once per restart, and the two eager
+forms, all at R restarts, B = 1, 32 px.
+
+    OMP_NUM_THREADS=1 python benchmarks/restart_forms.py --threads 1 lenet-dlg convnet resnet18
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from fedinvert.attacks import ATTACKS
+from fedinvert.fl import FedSGDClient
+from fedinvert.models import build_model
+from fedinvert.observation import Observation
+
+STEPS = {"lenet-dlg": 300, "convnet": 60, "resnet18": 10}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("victims", nargs="+")
+    parser.add_argument("--restarts", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for name in args.victims:
+        model = build_model(name, in_channels=3, num_classes=10, image_size=32, seed=0).eval()
+        x, labels = torch.rand(1, 3, 32, 32) * 2 - 1, torch.arange(1)
+        obs = Observation(model=model, update=FedSGDClient(mode="eval").update(model, x, labels), kind="gradient",
+                          image_shape=(3, 32, 32), num_classes=10, normalization=((0.5,) * 3, (0.5,) * 3),
+                          batch_size=1, labels=labels)
+        attack = ATTACKS.build("inverting_gradients", iterations=10, restarts=args.restarts, device="cpu")
+        n = STEPS.get(name, 20)
+        print(f"{name}, {n} timed steps a form")
+        r = args.restarts
+        for form, restarts in (("compiled", 1), ("compiled", r), ("compiled_loop", r), ("eager", r), ("vmap", r)):
+            matcher = attack.make_matcher(obs, labels, form=form)
+            variables = [torch.randn(restarts, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0))]
+            start = time.perf_counter()
+            matcher.step(variables)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(n):
+                matcher.step(variables)
+            ms = 1e3 * (time.perf_counter() - start) / n
+            print(f"  {form:14s} R={restarts}: {ms:9.2f} ms a step (first call {first:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
