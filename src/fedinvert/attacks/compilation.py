@@ -10,11 +10,13 @@ from a measured model of what compiling costs against what it saves:
   ``fedinvert-compile-seconds.json`` inside the inductor's cache folder (``$TORCHINDUCTOR_CACHE_DIR``, else
   ``<tmp>/torchinductor_<user>``) beside the kernels that compilation left there, so clearing that cache
   forgets the record too; beside it the compiled / eager step ratio the last compiled run measured, which
-  replaces `COMPILED_STEP_RATIO` in the saving. Without a record: the cold estimate `COLD_SECONDS` + `COLD_SECONDS_PER_TENSOR` ×
-  the parameter tensors of the models the step runs (victim and generator).
-* It compiles only when the saving exceeds the cost. A saving below `WARM_FLOOR_SECONDS`, less than any
-  compilation measured here, decides "eager" without reading the record. A step compiled earlier in the same
-  process (a sweep worker's second run) costs nothing: dynamo reuses its code.
+  replaces `COMPILED_STEP_RATIO` in the saving. Without a record: the cold estimate `COLD_SECONDS` +
+  `COLD_SECONDS_PER_TENSOR` × the parameter tensors of the models the step runs (victim and generator).
+* It compiles only when the saving exceeds the cost. A saving below `WARM_FLOOR_SECONDS` decides "eager"
+  without reading the record. A step compiled earlier in the same process (a sweep worker's second run) costs
+  nothing: dynamo reuses its code.
+* With several restarts, the uncompiled step is looped or vmapped, whichever the probe finds faster, and a
+  compiled step follows that choice (`choose`).
 
 The constants are measured by ``benchmarks/compile_cost.py`` and ``benchmarks/speed.py`` (one CPU thread;
 ``benchmarks/results/compile_cost.log``). Every compiled search records its measured compile seconds, so the
@@ -48,13 +50,15 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: compiled step / eager step: the highest of the measured ratios (benchmarks/results/speed.log, compile_cost.log)
+#: compiled step / eager step without a measurement for the step: above the small victims' 0.61-0.71
+#: (benchmarks/results/speed.log); a large victim's own measured ratio (ResNet-18: 0.89-0.93) replaces it
 COMPILED_STEP_RATIO = 0.75
 #: cold compilation (imports, tracing, code generation) without a record: seconds, plus seconds per parameter
 #: tensor of the models the step runs (benchmarks/results/compile_cost.log)
 COLD_SECONDS = 18.0
 COLD_SECONDS_PER_TENSOR = 1.5
-#: less than any compilation measured here, warm cache included: a smaller saving never pays
+#: a saving this small is not worth a decision: a fresh process's warm compilation took 4.1-9.8 s here
+#: (compile_cost.log); only a step compiled earlier in the same process costs less
 WARM_FLOOR_SECONDS = 1.0
 #: timed eager steps of the probe (after one untimed step): its 3 evaluations are extra work, 1 % of a 300-step
 #: run, 5 % of a 60-step GIFD stage (each stage probes; with several restarts both uncompiled forms are probed)
