@@ -223,3 +223,20 @@ def test_a_compiled_run_records_its_cost_and_auto_then_compiles() -> None:
     recorded = compilation.finished(decision, matcher)
     assert 0 < recorded["measured_step_ratio"] < 2 and compilation.recorded_ratio(key) == pytest.approx(
         recorded["measured_step_ratio"], abs=1e-3)
+
+
+def test_run_json_holds_the_decision(tmp_path: Path) -> None:
+    from fedinvert.cli import main
+
+    out = tmp_path / "run"
+    code = main(["attack", "attack=inverting_gradients", "attack.iterations=3", "attack.restarts=2",
+                 "dataset=synthetic", "batch_size=1", "image_size=8", "model=lenet-dlg", "progress=false",
+                 "device=cpu", f"out={out}"])
+    assert code == 0
+    info = json.loads((out / "run.json").read_text())
+    decision = info["attack_details"]["compile"]
+    assert decision["setting"] == "auto" and decision["compiled"] is False and decision["steps"] == 3
+    assert decision["form"] in ("eager", "vmap") and decision["looped_step_seconds"] > 0
+    assert decision["vmapped_step_seconds"] > 0 and "less than any compilation" in decision["reason"]
+    assert info["timings"]["compile_seconds"] == 0.0
+    assert json.loads((out / "metrics.json").read_text())["iterations"] == 6  # 3 steps × 2 restarts, no probe

@@ -277,8 +277,8 @@ def choose(
     if steps * step * (1 - COMPILED_STEP_RATIO) <= WARM_FLOOR_SECONDS:  # no ratio measured here is lower
         decision.predicted_saving_seconds = steps * step * (1 - COMPILED_STEP_RATIO)
         decision.reason = (
-            f"the saving (at most {decision.predicted_saving_seconds:.2f} s) is below the least a compilation costs"
-            f" ({WARM_FLOOR_SECONDS:g} s)"
+            f"the saving (at most {decision.predicted_saving_seconds:.2f} s) is below {WARM_FLOOR_SECONDS:g} s, less"
+            " than any compilation in a fresh process costs"
         )
         return eager, decision
     identity = key()
