@@ -70,7 +70,7 @@ def test_the_cache_folder_is_found_as_torch_finds_it(monkeypatch: pytest.MonkeyP
     os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)  # torch's function sets it; leave the process as it was
 
 
-def test_forced_settings_build_once_without_a_probe() -> None:
+def test_forced_settings_of_one_restart_build_once_without_a_probe() -> None:
     for setting, compiled in ((True, True), ("true", True), (False, False), ("false", False)):
         chosen, decision, built = decide(setting, steps=10**6, step_seconds=0.01)
         assert len(built) == 1 and chosen.compiled is compiled and chosen.calls == 0
@@ -135,8 +135,12 @@ def test_a_compiled_step_loops_its_restarts_where_looping_won() -> None:
     compilation._COMPILED_HERE.clear()
     chosen, decision, _ = decide("auto", steps=4000, step_seconds=0.02, restarts=4, vmapped_seconds=0.004)
     assert decision.compiled and chosen.form == decision.form == "compiled"
-    chosen, _, _ = decide(True, steps=10, step_seconds=0.004, restarts=4)
-    assert chosen.form == "compiled"  # forced: vmapped, no probe
+    compilation._EAGER_FORM_HERE.clear()
+    chosen, decision, built = decide(True, steps=10, step_seconds=0.004, restarts=4, vmapped_seconds=0.02)
+    assert chosen.form == decision.form == "compiled_loop" and decision.compiled  # forced, yet the loop won
+    assert [b.form for b in built] == ["eager", "vmap", "compiled_loop"]
+    chosen, _, built = decide(True, steps=10, step_seconds=0.004, restarts=1)
+    assert chosen.form == "compiled" and len(built) == 1 and chosen.calls == 0  # one restart: no probe
 
 
 def test_a_step_compiled_in_this_process_costs_nothing_and_keeps_its_record() -> None:

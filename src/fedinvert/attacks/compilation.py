@@ -262,9 +262,19 @@ def choose(
     wanted = forced(setting)
     name = setting if isinstance(setting, str) else str(setting).lower()
     if wanted:
-        built = build(COMPILED)
+        form = COMPILED
+        decision = CompileDecision(name, True, "forced by attack.compile", steps=steps)
+        if try_vmap:  # the compiled step loops its restarts where looping probes faster uncompiled
+            _, probed = _fastest_eager(name, steps=steps, build=build, probe=probe, key=key, device=device,
+                                       try_vmap=True)
+            decision.eager_step_seconds = probed.eager_step_seconds
+            decision.looped_step_seconds = probed.looped_step_seconds
+            decision.vmapped_step_seconds = probed.vmapped_step_seconds
+            form = COMPILED_LOOP if probed.form == EAGER else COMPILED
+        built = build(form)
         _give_key(built, key())
-        return built, CompileDecision(name, True, "forced by attack.compile", steps=steps, form=COMPILED)
+        decision.form = form
+        return built, decision
     if wanted is False and not try_vmap:
         return build(EAGER), CompileDecision(name, False, "forced by attack.compile", steps=steps, form=EAGER)
     eager, decision = _fastest_eager(name, steps=steps, build=build, probe=probe, key=key, device=device,
