@@ -133,7 +133,8 @@ fi
 # -- summary -----------------------------------------------------------------------------------------------------
 status=PASS
 code=0
-if [ "$tests_rc" != 0 ] || [ "$timing_rc" != 0 ] || [ "$speed_rc" != 0 ]; then
+# a speed table cut short by its time limit keeps what it measured and fails nothing; an error in it does
+if [ "$tests_rc" != 0 ] || [ "$timing_rc" != 0 ] || { [ "$speed_rc" != 0 ] && [ "$speed_rc" != 124 ]; }; then
     status=FAIL
     code=1
 fi
