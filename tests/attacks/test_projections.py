@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from scipy.optimize import minimize
+from scipy.optimize import Bounds, LinearConstraint, minimize
 
 from fedinvert.attacks.projections import project_l1_ball, project_l1_ball_around
 
@@ -61,6 +61,7 @@ def test_result_is_the_nearest_point_of_the_ball(case):
 
 @settings(max_examples=40, deadline=None)
 @given(batches(max_dim=5))
+@pytest.mark.filterwarnings("ignore:delta_grad == 0.0:UserWarning")  # trust-constr's quasi-Newton on a quadratic
 def test_agrees_with_a_brute_force_solver(case):
     # SLSQP on min ‖p − n − x‖² s.t. p, n ≥ 0, Σ(p + n) ≤ r: a smooth form of the same problem.
     x, r = case
@@ -78,12 +79,18 @@ def test_agrees_with_a_brute_force_solver(case):
             constraints=[{"type": "ineq", "fun": lambda v, radius=radius: radius - v.sum()}],
             options={"ftol": 1e-14, "maxiter": 500},
         )
+        if not res.success:  # SLSQP stalls on some extreme rows (|x| = 50; "constraints incompatible")
+            res = minimize(
+                objective, start, method="trust-constr", bounds=Bounds(0, np.inf),
+                constraints=[LinearConstraint(np.ones((1, 2 * d)), -np.inf, radius)],
+                options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 5000},
+            )
         theirs = res.x[:d] - res.x[d:]
-        # SLSQP may violate the constraint by rounding, so compare with a relative tolerance
         assert np.abs(ours).sum() <= radius * (1 + 1e-5) + 1e-6  # ours lies in the ball
-        assert objective(np.concatenate([ours.clip(min=0), (-ours).clip(min=0)])) <= res.fun + 1e-6 * (1 + res.fun)
-        if res.success:  # the projection is unique; SLSQP can stall on extreme inputs (|x| = 50 rows), then the
-            # objective comparison above is the check
+        if res.success:  # a reference that did not converge (or left the ball) bounds nothing;
+            # the optimality-condition test above certifies ours regardless
+            # the solvers may violate the constraint by rounding, so compare with a relative tolerance
+            assert objective(np.concatenate([ours.clip(min=0), (-ours).clip(min=0)])) <= res.fun + 1e-6 * (1 + res.fun)
             np.testing.assert_allclose(ours, theirs, atol=1e-3 * (1 + np.abs(row).max()))
 
 
