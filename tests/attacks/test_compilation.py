@@ -34,8 +34,13 @@ class Built:
         self.form = form
         self.compiled = form in (compilation.COMPILED, compilation.COMPILED_LOOP)
         self.calls = 0
-        self.compile_key: str | None = None
-        self.compile_seconds = 3.0 if self.compiled else 0.0
+        self.clock = compilation.CompileClock(torch.device("cpu")) if self.compiled else None
+        if self.clock is not None:
+            self.clock.seconds = 3.0
+
+    @property
+    def compile_key(self) -> str | None:
+        return self.clock.key if self.clock is not None else None
 
     def step(self, seconds: float) -> None:
         self.calls += 1
@@ -221,7 +226,7 @@ def test_a_compiled_run_records_its_cost_and_auto_then_compiles() -> None:
         device=torch.device("cpu"),
     )
     assert decision.compiled and matcher.compiled and "already in this process" in decision.reason
-    matcher.compile_key = key
+    matcher.clock.key = key
     for _ in range(4):
         matcher.step([torch.rand(1, 1, 3, 16, 16)])
     recorded = compilation.finished(decision, matcher)

@@ -26,7 +26,6 @@ second run of a victim decides from its own number. The decision and its figures
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import hashlib
 import json
@@ -92,21 +91,25 @@ class CompileDecision:
     """What ``attack.compile`` decided for one search, and from what (all seconds; None where not measured)."""
 
     setting: str
-    compiled: bool
     reason: str
     steps: int = 0
     eager_step_seconds: float | None = None
     predicted_saving_seconds: float | None = None
     predicted_compile_seconds: float | None = None
-    form: str = EAGER  # the step's form: eager (restarts looped), vmap or compiled
+    form: str = EAGER  # the step's form: eager (restarts looped), vmap, compiled or compiled_loop
     looped_step_seconds: float | None = None  # the probe's two uncompiled forms, when restarts > 1
     vmapped_step_seconds: float | None = None
     step_ratio: float | None = None  # compiled / eager step the prediction assumed
     compile_seconds: float | None = None  # measured, when it compiled
     measured_step_ratio: float | None = None  # compiled step (measured over the run) / probed eager step
 
+    @property
+    def compiled(self) -> bool:
+        return self.form in (COMPILED, COMPILED_LOOP)
+
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        fields = {k: v for k, v in asdict(self).items() if v is not None}
+        return {"setting": fields.pop("setting"), "compiled": self.compiled, **fields}
 
 
 def inductor_cache_dir() -> Path:
@@ -145,14 +148,20 @@ def _read_records() -> dict[str, dict[str, float]]:
     return records
 
 
+def recorded(key: str) -> dict[str, float]:
+    """What this machine recorded for ``key``: ``seconds`` (compile seconds) and, once measured, ``ratio``
+    (compiled / eager step); empty without a record."""
+    return _read_records().get(key, {})
+
+
 def recorded_seconds(key: str) -> float | None:
     """The compile seconds last recorded for ``key`` on this machine, or None."""
-    return _read_records().get(key, {}).get("seconds")
+    return recorded(key).get("seconds")
 
 
 def recorded_ratio(key: str) -> float | None:
     """The compiled / eager step ratio last measured for ``key`` on this machine, or None."""
-    return _read_records().get(key, {}).get("ratio")
+    return recorded(key).get("ratio")
 
 
 #: keys compiled in this process: a later search of the same key here reuses dynamo's compiled code (measured:
@@ -170,14 +179,16 @@ def remember(key: str, seconds: float) -> None:
 
 
 def remember_ratio(key: str, ratio: float) -> None:
-    """Record the measured compiled / eager step ratio of ``key`` (kept beside its compile seconds)."""
-    if key in _read_records() and math.isfinite(ratio) and ratio > 0:
-        _update(key, ratio=round(float(ratio), 3))
+    """Record the measured compiled / eager step ratio of ``key`` beside its compile seconds (not without)."""
+    if math.isfinite(ratio) and ratio > 0:
+        _update(key, existing_only=True, ratio=round(float(ratio), 3))
 
 
-def _update(key: str, **fields: float) -> None:
+def _update(key: str, *, existing_only: bool = False, **fields: float) -> None:
     path = record_path()
     records = _read_records()
+    if existing_only and key not in records:
+        return
     records[key] = {**records.get(key, {}), **fields}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +197,50 @@ def _update(key: str, **fields: float) -> None:
         os.replace(scratch, path)
     except OSError as err:
         log.debug("could not record the compile time in %s: %s", path, err)
+
+
+class CompileClock:
+    """What compiling one step costs, and what the compiled step then takes: shared by every compiled step
+    object (`GradientMatcher`, GGL's scorer), whose ``clock`` it is.
+
+    ``compile(fn)`` wraps `torch.compile` (the first in a process imports dynamo and the inductor: part of the
+    cost). ``call(fn)`` runs one whole step: the first call's seconds are compile seconds too, recorded under
+    ``key`` (set by `choose`); later calls give ``step_seconds``, their mean, on the CPU only (asynchronous
+    devices are not timed per step).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+        self.key: str | None = None
+        self._called = False
+        self._step_time = 0.0
+        self._steps = 0
+
+    def compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        start = time.perf_counter()
+        compiled = torch.compile(fn, dynamic=False)
+        self.seconds += time.perf_counter() - start
+        return compiled
+
+    def call(self, fn: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        out = fn()
+        elapsed = time.perf_counter() - start
+        if not self._called:
+            self._called = True
+            self.seconds += elapsed
+            if self.key is not None:
+                remember(self.key, self.seconds)
+        elif self.device.type == "cpu":
+            self._step_time += elapsed
+            self._steps += 1
+        return out
+
+    @property
+    def step_seconds(self) -> float | None:
+        """Mean seconds of a compiled step after the first (None before two steps or off the CPU)."""
+        return self._step_time / self._steps if self._steps else None
 
 
 def step_key(label: str, modules: Iterable[nn.Module], shapes: Iterable[tuple[int, ...]], device: torch.device) -> str:
@@ -256,72 +311,67 @@ def choose(
             uncompiled form.
 
     Returns:
-        The built object and the `CompileDecision`. A compiled object has an attribute ``compile_key`` (the
-        record's key) when it accepts one, so it can record what its compilation cost.
+        The built object and the `CompileDecision`. A compiled object's `CompileClock` (its ``clock``) is given
+        the record's key, so it records what its compilation cost.
     """
     wanted = forced(setting)
     name = setting if isinstance(setting, str) else str(setting).lower()
-    if wanted:
-        form = COMPILED
-        decision = CompileDecision(name, True, "forced by attack.compile", steps=steps)
-        if try_vmap:  # the compiled step loops its restarts where looping probes faster uncompiled
-            _, probed = _fastest_eager(name, steps=steps, build=build, probe=probe, key=key, device=device,
-                                       try_vmap=True)
-            decision.eager_step_seconds = probed.eager_step_seconds
-            decision.looped_step_seconds = probed.looped_step_seconds
-            decision.vmapped_step_seconds = probed.vmapped_step_seconds
-            form = COMPILED_LOOP if probed.form == EAGER else COMPILED
-        built = build(form)
-        _give_key(built, key())
-        decision.form = form
-        return built, decision
-    if wanted is False and not try_vmap:
-        return build(EAGER), CompileDecision(name, False, "forced by attack.compile", steps=steps, form=EAGER)
+    if wanted is not None and not try_vmap:  # one form to build, nothing to probe
+        decision = CompileDecision(name, "forced by attack.compile", steps=steps)
+        return (_compiled(decision, build, key, try_vmap=False) if wanted else build(EAGER)), decision
     eager, decision = _fastest_eager(name, steps=steps, build=build, probe=probe, key=key, device=device,
                                      try_vmap=try_vmap)
+    if wanted is not None:
+        decision.reason = "forced by attack.compile"
+        return (_compiled(decision, build, key, try_vmap=True) if wanted else _uncounted(eager)), decision
     step = decision.eager_step_seconds
     assert step is not None
-    if wanted is False:
-        decision.reason = "forced by attack.compile"
-        return eager, decision
     if steps * step * (1 - COMPILED_STEP_RATIO) <= WARM_FLOOR_SECONDS:  # no ratio measured here is lower
         decision.predicted_saving_seconds = steps * step * (1 - COMPILED_STEP_RATIO)
         decision.reason = (
             f"the saving (at most {decision.predicted_saving_seconds:.2f} s) is below {WARM_FLOOR_SECONDS:g} s, less"
             " than any compilation in a fresh process costs"
         )
-        return eager, decision
+        return _uncounted(eager), decision
     identity = key()
-    ratio = recorded_ratio(identity)
+    record = recorded(identity)
+    ratio = record.get("ratio")
     decision.step_ratio = COMPILED_STEP_RATIO if ratio is None else ratio
     saving = steps * step * (1 - decision.step_ratio)
     decision.predicted_saving_seconds = saving
-    recorded = recorded_seconds(identity)
     if identity in _COMPILED_HERE:
         cost, source = 0.0, "compiled already in this process"
-    elif recorded is not None:
-        cost, source = recorded, "recorded for this step"
+    elif "seconds" in record:
+        cost, source = record["seconds"], "recorded for this step"
     else:
         cost, source = cold_estimate(tensors()), "cold estimate"
     decision.predicted_compile_seconds = cost
     measured = "a default" if ratio is None else "measured"
-    if saving <= cost:
-        decision.reason = (
-            f"the saving ({saving:.1f} s at a compiled/eager step of {decision.step_ratio:.2f}, {measured}) does not"
-            f" exceed compiling ({cost:.1f} s, {source})"
-        )
-        return eager, decision
-    # compiled steps keep the order of their eager forms: where looping beat vmap, the compiled chain loops too
-    decision.compiled = True
-    decision.form = COMPILED_LOOP if try_vmap and decision.form == EAGER else COMPILED
+    verdict = "exceeds" if saving > cost else "does not exceed"
     decision.reason = (
-        f"the saving ({saving:.1f} s at a compiled/eager step of {decision.step_ratio:.2f}, {measured}) exceeds"
+        f"the saving ({saving:.1f} s at a compiled/eager step of {decision.step_ratio:.2f}, {measured}) {verdict}"
         f" compiling ({cost:.1f} s, {source})"
     )
+    if saving <= cost:
+        return _uncounted(eager), decision
     log.info("attack.compile=auto compiles: %s", decision.reason)
-    compiled = build(decision.form)
-    _give_key(compiled, identity)
-    return compiled, decision
+    return _compiled(decision, build, key, try_vmap=try_vmap), decision
+
+
+def _compiled(decision: CompileDecision, build: Callable[[str], T], key: Callable[[], str], *, try_vmap: bool) -> T:
+    """Build the compiled step. It follows the probe's eager form (`COMPILED_LOOP` where looping the restarts
+    won) and is given the record's key."""
+    decision.form = COMPILED_LOOP if try_vmap and decision.form == EAGER else COMPILED
+    built = build(decision.form)
+    _give_key(built, key())
+    return built
+
+
+def _uncounted(built: T) -> T:
+    """``built`` with the probe's evaluations taken off its count: they are not the search's."""
+    if hasattr(built, "evaluations"):
+        setattr(built, "evaluations", 0)  # noqa: B010  (any step object that counts its evaluations)
+    return built
 
 
 def _fastest_eager(
@@ -329,7 +379,7 @@ def _fastest_eager(
     device: torch.device, try_vmap: bool,
 ) -> tuple[T, CompileDecision]:
     """The uncompiled step (looped, or vmapped when that probes faster) and a decision holding its timing."""
-    decision = CompileDecision(name, False, "", steps=steps)
+    decision = CompileDecision(name, "", steps=steps)
     if not try_vmap:
         eager = build(EAGER)
         decision.form, decision.eager_step_seconds = EAGER, _timed_probe(lambda: probe(eager), device)
@@ -349,20 +399,22 @@ def _fastest_eager(
 
 
 def _give_key(built: Any, identity: str) -> None:
-    with contextlib.suppress(AttributeError):
-        built.compile_key = identity
+    """Tell a compiled step object's `CompileClock` the key to record its cost under."""
+    clock = getattr(built, "clock", None)
+    if clock is not None:
+        clock.key = identity
 
 
 def finished(decision: CompileDecision, built: Any) -> dict[str, Any]:
     """The decision as ``run.json`` records it, with the measured compile seconds of a compiled step; where
-    ``auto`` compiled, the measured compiled / eager step ratio is also recorded for the next decision."""
-    if decision.compiled:
-        decision.compile_seconds = float(getattr(built, "compile_seconds", 0.0))
-        compiled_step = getattr(built, "compiled_step_seconds", None)
-        key = getattr(built, "compile_key", None)
-        if compiled_step is not None and decision.eager_step_seconds and key is not None:
-            decision.measured_step_ratio = compiled_step / decision.eager_step_seconds
-            remember_ratio(key, decision.measured_step_ratio)
+    the probe timed the eager step, the measured compiled / eager step ratio is also recorded for the next
+    decision."""
+    clock = getattr(built, "clock", None)
+    if decision.compiled and clock is not None:
+        decision.compile_seconds = clock.seconds
+        if clock.step_seconds is not None and decision.eager_step_seconds and clock.key is not None:
+            decision.measured_step_ratio = clock.step_seconds / decision.eager_step_seconds
+            remember_ratio(clock.key, decision.measured_step_ratio)
     return decision.as_dict()
 
 

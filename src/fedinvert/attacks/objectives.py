@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedinvert.attacks.compilation import remember
+from fedinvert.attacks.compilation import CompileClock
 from fedinvert.errors import ConfigError, MissingCapabilityError
 from fedinvert.fl.aggregation import split_clients
 from fedinvert.fl.fedavg import GUESSED_LOCAL_TRAINING, local_batches, simulate_local_training
@@ -250,27 +249,21 @@ class GradientMatcher:
         self.update_transform = update_transform
         self.functional = functional
         self.loop_restarts = loop_restarts  # functional mode: one (compiled) chain called per restart, no vmap
-        self.compiled = False
-        self.compile_seconds = 0.0
-        self.compile_key: str | None = None  # set by `compilation.choose`: record what compiling cost under it
+        self.compiled = functional and compile
+        # what compiling costs and what a compiled step takes (`compilation.choose` gives it a record key)
+        self.clock = CompileClock(self.device) if self.compiled else None
         self.evaluations = 0
         self._step_fn: Callable[..., Any] | None = None
         if functional:
-            start = time.perf_counter()  # the first torch.compile imports dynamo and the inductor: part of the cost
             fn = torch.func.grad_and_value(self._objective, argnums=0, has_aux=True)
-            self._single_fn = torch.compile(fn, dynamic=False) if compile else fn
             batched = torch.func.vmap(fn)
-            self._step_fn = torch.compile(batched, dynamic=False) if compile else batched
-            self.compiled = compile
-            self.compile_seconds = time.perf_counter() - start if compile else 0.0
-        self._first_call = True
-        self._compiled_time = 0.0
-        self._compiled_steps = 0
+            self._single_fn = self.clock.compile(fn) if self.clock else fn
+            self._step_fn = self.clock.compile(batched) if self.clock else batched
 
     @property
-    def compiled_step_seconds(self) -> float | None:
-        """Mean seconds of a compiled step after the first (on the CPU; None elsewhere or before two steps)."""
-        return self._compiled_time / self._compiled_steps if self._compiled_steps else None
+    def compile_seconds(self) -> float:
+        """Seconds compiling this step cost (torch.compile's set-up and the first call); 0 uncompiled."""
+        return self.clock.seconds if self.clock else 0.0
 
     # -- pure pieces -----------------------------------------------------------------------------
     def _loss(self, params: Mapping[str, Tensor], inputs: Tensor, labels: Tensor) -> Tensor:
@@ -331,23 +324,10 @@ class GradientMatcher:
         restarts = variables[0].shape[0]
         self.evaluations += restarts
         if self._step_fn is not None:
-            start = time.perf_counter()
-            if restarts == 1 or self.loop_restarts:  # one chain at a time: no vmap
-                chains = [self._single_fn(tuple(v[r] for v in variables)) for r in range(restarts)]
-                grads = tuple(torch.stack(gs) for gs in zip(*(c[0] for c in chains), strict=True))
-                loss = torch.stack([c[1][0] for c in chains])
-                dist = torch.stack([c[1][1] for c in chains])
-            else:
-                grads, (loss, dist) = self._step_fn(variables)
-            if self._first_call and self.compiled:
-                self.compile_seconds += time.perf_counter() - start
-                if self.compile_key is not None:
-                    remember(self.compile_key, self.compile_seconds)
-            elif self.compiled and self.device.type == "cpu":  # asynchronous devices are not timed per step
-                self._compiled_time += time.perf_counter() - start
-                self._compiled_steps += 1
-            self._first_call = False
-            return tuple(grads), loss.detach(), dist.detach()
+            grads, loss, dist = self.clock.call(lambda: self._functional_step(variables)) if self.clock else (
+                self._functional_step(variables)
+            )
+            return grads, loss.detach(), dist.detach()
         grads_r, losses, dists = [], [], []
         for r in range(restarts):
             leaves = tuple(v[r].detach().requires_grad_(True) for v in variables)
@@ -357,6 +337,16 @@ class GradientMatcher:
             dists.append(dist.detach())
         grads = tuple(torch.stack([g[i] for g in grads_r]) for i in range(len(variables)))
         return grads, torch.stack(losses), torch.stack(dists)
+
+    def _functional_step(self, variables: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """The functional step of all restarts: vmapped, or one chain at a time (one restart, ``loop_restarts``)."""
+        assert self._step_fn is not None
+        if len(variables[0]) == 1 or self.loop_restarts:  # one chain at a time: no vmap
+            chains = [self._single_fn(tuple(v[r] for v in variables)) for r in range(len(variables[0]))]
+            grads = tuple(torch.stack(gs) for gs in zip(*(c[0] for c in chains), strict=True))
+            return grads, torch.stack([c[1][0] for c in chains]), torch.stack([c[1][1] for c in chains])
+        grads, (loss, dist) = self._step_fn(variables)
+        return tuple(grads), loss, dist
 
     @torch.no_grad()
     def distance(self, inputs: Tensor, labels: Tensor) -> float:

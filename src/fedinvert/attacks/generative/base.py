@@ -485,7 +485,6 @@ class GenerativeAttack(Attack):
             obs, f"stage{k}", steps=steps, build=build, probe=lambda candidate: candidate.step(first),
             shapes=[t.shape for t in first],
         )
-        matcher.evaluations = 0  # the probe's steps are not the search's
 
         def step(variables: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
             grads, loss, dist = matcher.step([*variables, *batched_constants])

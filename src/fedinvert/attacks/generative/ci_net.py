@@ -159,7 +159,6 @@ class CINet(Attack):
             tensors=lambda: compilation.parameter_tensors(obs.model, template),
             device=self.device,
         )
-        matcher.evaluations = 0  # the probe's steps are not the attack's
 
         def step(current: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
             grads, loss, dist = matcher.step([*current, codes])

@@ -208,7 +208,6 @@ class GGL(GenerativeAttack):
             build=lambda form: self._scorer(obs, setup, compiled=form == compilation.COMPILED),
             probe=lambda candidate: candidate(sample), shapes=[sample.shape],
         )
-        score.evaluations = 0  # the probe's evaluations are not the search's
         best_latent = latents.reshape(restarts, *shape).clone()
         best_distance = torch.full((restarts,), float("inf"))
         history: list[dict[str, Any]] = []
@@ -280,30 +279,24 @@ class GGL(GenerativeAttack):
                 loss = loss + image_terms(inputs, (latent,))
             return dist, loss
 
-        return _Scorer(torch.func.vmap(one), compiled=compiled)
+        return _Scorer(torch.func.vmap(one), compiled=compiled, device=self.device)
 
 
 class _Scorer:
-    """GGL's vmapped scoring of a CMA-ES population, compiled or eager; records what compiling cost
-    (``compile_seconds``, and in `compilation`'s record under ``compile_key``)."""
+    """GGL's vmapped scoring of a CMA-ES population, compiled or eager; a compiled one keeps its
+    `compilation.CompileClock` (``clock``)."""
 
-    def __init__(self, batched: Callable[[Tensor], tuple[Tensor, Tensor]], *, compiled: bool) -> None:
-        start = time.perf_counter()
-        self.fn = torch.compile(batched, dynamic=False) if compiled else batched
-        self.compiled = compiled
-        self.compile_seconds = time.perf_counter() - start if compiled else 0.0
-        self.compile_key: str | None = None
-        self.evaluations = 0
-        self._first = True
+    def __init__(
+        self, batched: Callable[[Tensor], tuple[Tensor, Tensor]], *, compiled: bool, device: torch.device
+    ) -> None:
+        self.clock = compilation.CompileClock(device) if compiled else None
+        self.fn = self.clock.compile(batched) if self.clock else batched
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.clock.seconds if self.clock else 0.0
 
     def __call__(self, candidates: Tensor) -> tuple[Tensor, Tensor]:
-        start = time.perf_counter()
         with torch.no_grad():
-            dist, loss = self.fn(candidates)
-        if self.compiled and self._first:
-            self.compile_seconds += time.perf_counter() - start
-            if self.compile_key is not None:
-                compilation.remember(self.compile_key, self.compile_seconds)
-        self._first = False
-        self.evaluations += candidates.shape[0]
+            dist, loss = self.clock.call(lambda: self.fn(candidates)) if self.clock else self.fn(candidates)
         return dist.detach(), loss.detach()

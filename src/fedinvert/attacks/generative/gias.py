@@ -210,7 +210,6 @@ class GIAS(GenerativeAttack):
             obs, "generator", steps=self.finetune_steps, build=build, probe=lambda candidate: candidate.step(first),
             shapes=[t.shape for t in first],
         )
-        matcher.evaluations = 0  # the probe's steps are not the search's
 
         def step(current: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
             grads, loss, dist = matcher.step([*current, *latents])

@@ -114,7 +114,6 @@ class DLG(Attack):
             tensors=lambda: compilation.parameter_tensors(obs.model),
             device=self.device,
         )
-        matcher.evaluations = 0  # the probe's steps are not the attack's
         history: list[dict] = []
         best_images: Tensor | None = None
         best_labels: Tensor | None = None

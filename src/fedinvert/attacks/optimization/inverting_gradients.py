@@ -157,7 +157,6 @@ class PixelAttack(Attack):
             device=self.device,
             try_vmap=self.restarts > 1,
         )
-        matcher.evaluations = 0  # the probe's steps are not the attack's
         result = optimize(
             self.make_step(matcher, x0),
             [x0],
