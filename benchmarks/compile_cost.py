@@ -51,7 +51,8 @@ def run(case: str, steps: int, compile: bool, cache: Path, out: Path, threads: i
 
 
 def sizes(case: str) -> tuple[int, int]:
-    """(victim parameter tensors, prior parameter tensors) of a case."""
+    """(victim parameter tensors, prior parameter tensors) of a case, as the cold estimate counts them."""
+    from fedinvert.attacks.compilation import parameter_tensors
     from fedinvert.models import build_model
 
     args = dict(a.split("=", 1) for a in CASES[case])
@@ -61,8 +62,8 @@ def sizes(case: str) -> tuple[int, int]:
     if args["attack"] != "inverting_gradients":
         from fedinvert.priors import build_prior
 
-        prior = sum(1 for _ in build_prior(args["prior"]).parameters())
-    return sum(1 for _ in model.parameters()), prior
+        prior = parameter_tensors(build_prior(args["prior"]))
+    return parameter_tensors(model), prior
 
 
 def main() -> int:

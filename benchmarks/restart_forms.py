@@ -15,11 +15,9 @@ import argparse
 import time
 
 import torch
+from speed import victim
 
 from fedinvert.attacks import ATTACKS
-from fedinvert.fl import FedSGDClient
-from fedinvert.models import build_model
-from fedinvert.observation import Observation
 
 STEPS = {"lenet-dlg": 300, "convnet": 60, "resnet18": 10}
 
@@ -32,11 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.victims:
-        model = build_model(name, in_channels=3, num_classes=10, image_size=32, seed=0).eval()
-        x, labels = torch.rand(1, 3, 32, 32) * 2 - 1, torch.arange(1)
-        obs = Observation(model=model, update=FedSGDClient(mode="eval").update(model, x, labels), kind="gradient",
-                          image_shape=(3, 32, 32), num_classes=10, normalization=((0.5,) * 3, (0.5,) * 3),
-                          batch_size=1, labels=labels)
+        _, obs, _, labels = victim(name, 1)
         attack = ATTACKS.build("inverting_gradients", iterations=10, restarts=args.restarts, device="cpu")
         n = STEPS.get(name, 20)
         print(f"{name}, {n} timed steps a form")

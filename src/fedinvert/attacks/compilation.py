@@ -190,11 +190,11 @@ def _update(key: str, *, existing_only: bool = False, **fields: float) -> None:
     if existing_only and key not in records:
         return
     records[key] = {**records.get(key, {}), **fields}
+    from fedinvert.sweep.store import atomic_write
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f".{path.name}.{os.getpid()}")
-        scratch.write_text(json.dumps(records, indent=1, sort_keys=True))
-        os.replace(scratch, path)
+        atomic_write(path, json.dumps(records, indent=1, sort_keys=True))
     except OSError as err:
         log.debug("could not record the compile time in %s: %s", path, err)
 
