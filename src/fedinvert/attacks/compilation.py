@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import torch
 from torch import nn
@@ -84,6 +84,19 @@ def forced(setting: bool | str) -> bool | None:
 #: the forms of a search's step: plain autograd (restarts looped), vmapped over restarts, compiled (restarts
 #: vmapped), and compiled with its restarts looped (one compiled chain called per restart)
 EAGER, VMAP, COMPILED, COMPILED_LOOP = "eager", "vmap", "compiled", "compiled_loop"
+
+
+class MatcherFlags(TypedDict):
+    functional: bool
+    compile: bool
+    loop_restarts: bool
+
+
+def matcher_flags(form: str) -> MatcherFlags:
+    """`GradientMatcher`'s keywords for a step in ``form``: every form but `EAGER` is the vmappable pure one,
+    the compiled ones compile it, `COMPILED_LOOP` calls its compiled chain once per restart."""
+    return MatcherFlags(functional=form != EAGER, compile=form in (COMPILED, COMPILED_LOOP),
+                        loop_restarts=form == COMPILED_LOOP)
 
 
 @dataclass

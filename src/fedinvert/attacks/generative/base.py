@@ -322,7 +322,6 @@ class GenerativeAttack(Attack):
     ) -> GradientMatcher:
         """The gradient matcher of one search in ``form`` (`compilation.EAGER`, ``VMAP`` or ``COMPILED``, per
         `choose_compiled`); the two latter are the vmappable pure form, the last one compiled."""
-        compiled, functional = form == compilation.COMPILED, form != compilation.EAGER
         return GradientMatcher(
             obs,
             distance=self.distance,
@@ -331,11 +330,10 @@ class GenerativeAttack(Attack):
             regularizer=regularizer,
             adaptive=self.adaptive,
             fedavg=self.fedavg,
-            functional=functional,
-            compile=compiled,
             holdout=self.holdout,
             holdout_seed=self.holdout_seed,
             device=self.device,
+            **compilation.matcher_flags(form),
         )
 
     def choose_compiled(

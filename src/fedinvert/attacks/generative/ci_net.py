@@ -147,8 +147,7 @@ class CINet(Attack):
 
         def build(form: str) -> GradientMatcher:
             return GradientMatcher(obs, distance=self.distance, render=render, regularizer=regularizer,
-                                   fedavg=self.fedavg, functional=form != compilation.EAGER,
-                                   compile=form == compilation.COMPILED, device=self.device)
+                                   fedavg=self.fedavg, device=self.device, **compilation.matcher_flags(form))
 
         matcher, decision = compilation.choose(
             self.compile,

@@ -169,7 +169,8 @@ class GIAS(GenerativeAttack):
     ) -> tuple[Tensor, float, int, dict[str, Any]]:
         restarts, batch = self.restarts, setup.batch_size
         names = self.tunable_parameters(setup, variables)
-        weights = dict(StageRenderer(self.prior, 0).named_parameters())
+        plain = StageRenderer(self.prior, 0)  # the prior as it is: its weights' names, and the final render
+        weights = dict(plain.named_parameters())
         inputs = list(variables)
 
         def by_restart(t: Tensor) -> Tensor:
@@ -228,7 +229,7 @@ class GIAS(GenerativeAttack):
         best = int(torch.argmin(result.best_distance))
         with torch.no_grad():
             thetas = [t[best] for t in result.best]
-            images01 = render_batch(StageRenderer(self.prior, 0), thetas, [v[best] for v in latents])
+            images01 = render_batch(plain, thetas, [v[best] for v in latents])
             images = self.victim_images(obs, images01)
         info = {
             "history": [{"stage": "generator", **entry} for entry in result.history],

@@ -90,16 +90,14 @@ class DLG(Attack):
             return x, labels
 
         def build(form: str) -> GradientMatcher:
-            compiled = form == compilation.COMPILED
             return GradientMatcher(
                 obs,
                 distance=self.distance,
                 render=render,
                 adaptive=self.adaptive,
                 fedavg=self.fedavg,
-                functional=compiled,
-                compile=compiled,
                 device=self.device,
+                **compilation.matcher_flags(form),
             )
 
         # the probe's variables: any values of the search's shapes (the rng stays untouched)

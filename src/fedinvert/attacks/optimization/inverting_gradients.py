@@ -118,10 +118,8 @@ class PixelAttack(Attack):
         return reg
 
     def make_matcher(self, obs: Observation, labels: Tensor, *, form: str = compilation.EAGER) -> GradientMatcher:
-        """The gradient matcher of a run in ``form`` (`compilation.EAGER`, ``VMAP`` or ``COMPILED``; chosen by
-        `compilation.choose` from ``attack.compile`` and a probe of the run's start)."""
-        compiled = form in (compilation.COMPILED, compilation.COMPILED_LOOP)
-        functional = form != compilation.EAGER
+        """The gradient matcher of a run in ``form`` (`compilation.EAGER`, ``VMAP``, ``COMPILED`` or
+        ``COMPILED_LOOP``; chosen by `compilation.choose` from ``attack.compile`` and a probe of the run's start)."""
         return GradientMatcher(
             obs,
             distance=self.distance,
@@ -131,10 +129,8 @@ class PixelAttack(Attack):
             regularizer=self.regularizer(obs),
             adaptive=self.adaptive,
             fedavg=self.fedavg,
-            functional=functional,
-            compile=compiled,
-            loop_restarts=form == compilation.COMPILED_LOOP,
             device=self.device,
+            **compilation.matcher_flags(form),
         )
 
     def make_step(self, matcher: GradientMatcher, x0: Tensor) -> StepFunction:
