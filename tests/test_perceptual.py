@@ -118,3 +118,16 @@ def test_evaluate_run_reports_perceptual_scores(tmp_path: Path) -> None:
         assert m["st_lpips"] == pytest.approx(0.0, abs=1e-7)
     off = evaluate_run(scenario, rec, settings={**settings, "st_lpips": False, "lpips_weights": None})
     assert off["st_lpips"] is None and off["lpips"] is None and off["per_image"][0]["st_lpips"] is None
+
+
+@pytest.mark.parametrize("trunk", ["alex", "vgg"])
+def test_a_network_loaded_uninitialised_equals_one_initialised_then_loaded(tmp_path: Path, trunk: str) -> None:
+    state = _random_state(trunk)
+    path = tmp_path / f"{trunk}.pth"
+    torch.save(state, path)
+    loaded = load_network(path)  # built with initialise=False: every weight comes from the file
+    reference = PerceptualDistance(trunk).load_weights(state, source="test")  # type: ignore[arg-type]
+    for (name, a), (_, b) in zip(loaded.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    a, b = smooth(2, seed=1), smooth(2, seed=2)
+    assert torch.equal(loaded(a, b), reference(a, b))

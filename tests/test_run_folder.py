@@ -378,6 +378,18 @@ def test_memory_helpers():
     assert memory.check_memory(images=2, channels=3, height=8, width=8) == 2 * 3 * 64 * 4 * 8
 
 
+def test_available_memory_reads_meminfo_and_falls_back_to_psutil(monkeypatch):
+    meminfo = memory._proc_meminfo()
+    headroom = memory._cgroup_headroom()
+    if meminfo is not None:  # Linux: MemAvailable (what psutil reports there), capped by a cgroup limit
+        assert memory.available_memory() == (meminfo if headroom is None else min(meminfo, headroom))
+    psutil = pytest.importorskip("psutil")
+    monkeypatch.setattr(memory, "_proc_meminfo", lambda: None)
+    monkeypatch.setattr(memory, "_cgroup_headroom", lambda: None)
+    found = memory.available_memory()
+    assert found is not None and abs(found - psutil.virtual_memory().available) < 2**30
+
+
 def test_loss_plot_draws_each_restart_falling_on_a_log_axis(tmp_path):
     import numpy as np
     from PIL import Image

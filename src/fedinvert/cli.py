@@ -7,12 +7,43 @@ Input errors print one line (``error: ...``) and exit with code 2; no traceback,
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from fedinvert.errors import FedinvertError
+
+RUN_MODULES = ("torch", "fedinvert.config", "fedinvert.runner")
+"""What a command that runs attacks imports before its work (`_preload`)."""
+
+
+def _preload(modules: Sequence[str]) -> None:
+    """Import ``modules`` with Python's cyclic garbage collector paused, then freeze what exists.
+
+    Importing torch and fedinvert leaves about 170,000 long-lived objects, and every full collection walks
+    them all: 70-80 ms a pass on a 2-core machine, three passes during a LeNet run's imports. Frozen
+    (`gc.freeze`), they sit in a permanent generation that later collections skip; nothing the command
+    creates afterwards is exempt. Only the command line does this: a library user's process keeps its own
+    collector settings. docs/speed.md, "Fixed cost".
+
+    Unless the user's environment says otherwise, pydantic's plugins are off
+    (``PYDANTIC_DISABLE_PLUGINS=__all__``): looking them up scans every installed distribution's entry points
+    (10 ms with 140 installed), and the command line's config checks have no use for them.
+    """
+    if not modules:
+        return
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    gc.disable()
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def _registries() -> dict[str, object]:
@@ -308,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     attack = sub.add_parser("attack", help="run one attack: fedinvert attack key=value ...")
     attack.add_argument("--config", help="a preset name, a YAML file or a run's config.yaml to start from")
     attack.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. attack=idlg attack.restarts=2")
-    attack.set_defaults(func=cmd_attack)
+    attack.set_defaults(func=cmd_attack, preload=RUN_MODULES)
     sweep = sub.add_parser("sweep", help="run a study file's grid of runs: fedinvert sweep STUDY.yaml out=DIR")
     sweep.add_argument("study", help="the study file (YAML: base, axes, zip, replicates, compare, full)")
     sweep.add_argument("overrides", nargs="*", help="out=DIR (required), then key=value applied to every run")
@@ -319,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--full", action="store_true", help="the study's paper-scale settings (its full: section)")
     sweep.add_argument("--dry-run", action="store_true", help="check the study and print its size; run nothing")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sweep.set_defaults(func=cmd_sweep)
+    sweep.set_defaults(func=cmd_sweep, preload=RUN_MODULES)
     tune = sub.add_parser(
         "tune", help="search an attack's hyper-parameters (Optuna) by the gradient distance it reaches: fedinvert tune"
                      " key=value ... --trials N out=DIR",
@@ -335,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--threads", type=int, help="torch CPU threads per trial (default: cores / jobs)")
     tune.add_argument("--sampler-seed", type=int, default=0, help="the TPE sampler's seed (default 0)")
     tune.add_argument("--no-progress", action="store_true", help="no progress bar")
-    tune.set_defaults(func=cmd_tune, intermixed=True)
+    tune.set_defaults(func=cmd_tune, intermixed=True, preload=RUN_MODULES)
     audit = sub.add_parser(
         "audit", help="audit your own FL setup: one attack per family, defences at stronger settings, accuracy cost,"
                       " verify-model, three-phase advice: fedinvert audit key=value ... [--budget quick] out=DIR",
@@ -346,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                        " (paper scale, for a GPU)")
     audit.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     audit.add_argument("--no-progress", action="store_true", help="no progress bar")
-    audit.set_defaults(func=cmd_audit, intermixed=True)
+    audit.set_defaults(func=cmd_audit, intermixed=True, preload=RUN_MODULES)
     report = sub.add_parser("report", help="a study folder's tables and pictures as one HTML page (or --text)")
     report.add_argument("folder", help="the study folder a sweep wrote")
     report.add_argument("--text", action="store_true", help="print the tables as text instead")
@@ -356,14 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="GIFD beside Inverting Gradients on one real face, with the no-leak reference (demo.png)"
     )
     demo.add_argument("overrides", nargs="*")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, preload=RUN_MODULES)
     lister = sub.add_parser("list", help="list registered attacks, models, datasets, priors, defences, metrics")
     lister.add_argument("kind", nargs="?")
     lister.add_argument(
         "--details", action="store_true",
         help="for priors, datasets, models and metrics: every file's source, licence, SHA-256 and the command that made it",
     )
-    lister.set_defaults(func=cmd_list)
+    lister.set_defaults(func=cmd_list, preload=("torch",))
     train = sub.add_parser(
         "train-prior",
         help="train the class-conditional `fashion` prior on Fashion-MNIST (resumes from --out), or export it",
@@ -392,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="restart the generator's weight average from the live weights at the resumed step",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.set_defaults(func=cmd_train_prior)
+    train.set_defaults(func=cmd_train_prior, preload=("torch",))
     verify = sub.add_parser(
         "verify-model",
         help="check a received model (safetensors) against the agreed architecture; exit 0 clean, 1 suspicious",
@@ -402,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*",
         help="model=NAME image_size=N channels=C num_classes=K [model.<option>=value], or reference=FILE",
     )
-    verify.set_defaults(func=cmd_verify_model)
+    verify.set_defaults(func=cmd_verify_model, preload=("torch",))
     return parser
 
 
@@ -417,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        _preload(getattr(args, "preload", ()))
         return int(args.func(args))
     except FedinvertError as err:
         print(f"error: {' '.join(str(err).splitlines())}", file=sys.stderr)  # one line, whatever the message

@@ -43,7 +43,6 @@ from fedinvert.observation import (
     DefenseSpec,
     LocalTraining,
     Observation,
-    ObservationMetadata,
     Reconstruction,
     StageResult,
 )
@@ -432,6 +431,8 @@ def load_observation(path: str | Path, cfg: dict[str, Any]) -> Scenario:
     tensors, file_meta = _read_safetensors(path, "observation")
     if "fedinvert" not in file_meta:
         raise CheckpointError(f"{path} is not a fedinvert observation file (no fedinvert metadata)")
+    from fedinvert.saved_observation import ObservationMetadata  # pydantic models: built only when read
+
     meta = ObservationMetadata.read(file_meta["fedinvert"], source=str(path))
     unexpected = sorted(n for n in tensors if not n.startswith(("update.", "model.")) and n != "labels")
     if unexpected:

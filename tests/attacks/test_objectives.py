@@ -234,3 +234,17 @@ def test_the_regularizer_sees_every_variable() -> None:
     torch.testing.assert_close(g_anchor, -2 * x.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dist, d_plain)
     torch.testing.assert_close(loss, dist + (x.detach() ** 2).flatten(1).sum(1))
+
+
+def test_whole_update_distances_equal_their_per_tensor_sums_in_float64() -> None:
+    g = torch.Generator().manual_seed(3)
+    shapes = [(6, 3, 5, 5), (6,), (10, 24), (10,)]
+    dummy = [torch.randn(s, generator=g) for s in shapes]
+    target = [torch.randn(s, generator=g) * 0.01 for s in shapes]
+    d64, t64 = [d.double() for d in dummy], [t.double() for t in target]
+    dot = sum((d * t).sum() for d, t in zip(d64, t64, strict=True))
+    norms = math.sqrt(sum((d * d).sum() for d in d64)) * math.sqrt(sum((t * t).sum() for t in t64))
+    assert float(cosine_distance(dummy, target)) == pytest.approx(float(1 - dot / norms), abs=1e-6)
+    assert float(build_distance("cosine", target)(dummy, target)) == pytest.approx(float(1 - dot / norms), abs=1e-6)
+    l2 = sum(((d - t) ** 2).sum() for d, t in zip(d64, t64, strict=True))
+    assert float(l2_distance(dummy, target)) == pytest.approx(float(l2), rel=1e-6)

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from fedinvert.data import (
@@ -476,3 +478,12 @@ def test_dataset_batch_is_a_fixed_layout_of_disjoint_batches() -> None:
         load_batch("photos", batch_size=1, batch=0, indices=[2])
     with pytest.raises(ConfigError, match="integer >= 0"):
         load_batch("photos", batch_size=1, batch=-1)
+
+
+@given(size=st.integers(0, 60), excluded=st.lists(st.integers(-5, 70), max_size=20))
+def test_indices_without_the_private_ones_match_setdiff1d(size: int, excluded: list[int]) -> None:
+    from fedinvert.data.loader import _without
+
+    kept = _without(size, excluded)
+    expected = np.setdiff1d(np.arange(size, dtype=np.int64), np.asarray(excluded, dtype=np.int64))
+    assert kept.dtype == np.int64 and np.array_equal(kept, expected)

@@ -32,22 +32,30 @@ DISTANCES: Registry[Tensor] = Registry("gradient distance")
 _EPS = 1e-12
 
 
+def flat(tensors: Sequence[Tensor]) -> Tensor:
+    """All of ``tensors`` as one vector (under `vmap`, one per restart): a distance over the whole update is
+    then a few fused reductions instead of a Python loop of them per parameter tensor (3 ops, not 60, a
+    cosine on LeNet; 8 % of its step)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
 @DISTANCES.register("l2")
 def l2_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
     """Squared Euclidean distance summed over all tensors (DLG, Zhu et al. 2019)."""
-    return sum(((d - t) ** 2).sum() for d, t in zip(dummy, target, strict=True))  # type: ignore[return-value]
+    return (flat(dummy) - flat(target)).square().sum()
 
 
 @DISTANCES.register("cosine")
 def cosine_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
     """1 − one cosine similarity over all tensors jointly (Inverting Gradients, Geiping et al. 2020)."""
-    return _cosine(dummy, target, sum((t * t).sum() for t in target))  # type: ignore[arg-type]
+    t = flat(target)
+    return _cosine(flat(dummy), t, t.square().sum())
 
 
-def _cosine(dummy: Sequence[Tensor], target: Sequence[Tensor], target_sq: Tensor) -> Tensor:
-    dot = sum((d * t).sum() for d, t in zip(dummy, target, strict=True))
-    dn = sum((d * d).sum() for d in dummy)
-    return 1 - dot / (torch.sqrt(dn) * torch.sqrt(target_sq) + _EPS)  # type: ignore[operator, arg-type]
+def _cosine(dummy: Tensor, target: Tensor, target_sq: Tensor) -> Tensor:
+    """1 − cos(dummy, target) of two flat updates, ``target_sq`` = ‖target‖²."""
+    dot = (dummy * target).sum(-1)  # not torch.dot: its double backward under vmap lost 3 digits (ConvNet)
+    return 1 - dot / (torch.sqrt(dummy.square().sum(-1)) * torch.sqrt(target_sq) + _EPS)
 
 
 @DISTANCES.register("layer_cosine")
@@ -89,17 +97,18 @@ class MaskedCosineDistance:
 
 
 class TargetCosineDistance:
-    """`cosine_distance` with the target's squared norm computed once: the same numbers, bit for bit, and one
-    reduction over the observed update less per step (it is constant through an attack)."""
+    """`cosine_distance` with the target flattened and its squared norm computed once: the same numbers, bit
+    for bit, and less work per step (the observed update is constant through an attack)."""
 
     def __init__(self, target: Sequence[Tensor]) -> None:
         self.target = target  # the very sequence object the matcher passes back at every step
-        self.target_sq = sum((t * t).sum() for t in target)
+        self.flat_target = flat(target)
+        self.target_sq = self.flat_target.square().sum()
 
     def __call__(self, dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
         if target is not self.target:
             return cosine_distance(dummy, target)
-        return _cosine(dummy, target, self.target_sq)  # type: ignore[arg-type]
+        return _cosine(flat(dummy), self.flat_target, self.target_sq)
 
 
 def build_distance(name: str, target: Sequence[Tensor], *, prune_ratio: float = 0.0) -> Distance:

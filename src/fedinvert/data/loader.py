@@ -426,6 +426,15 @@ def _describe(name: str, split: str, taken: int, available: int, what: str) -> s
     return f"{name} {split} split{what}: {taken} of {available}{sampled}"
 
 
+def _without(size: int, excluded: Sequence[int]) -> np.ndarray:
+    """The indices 0 … size − 1 not in ``excluded``, ascending (``np.setdiff1d`` imports ``numpy.ma``,
+    10 ms of every run)."""
+    keep = np.ones(size, dtype=bool)
+    drop = np.asarray(list(excluded), dtype=np.int64)
+    keep[drop[(drop >= 0) & (drop < size)]] = False
+    return np.flatnonzero(keep).astype(np.int64)
+
+
 def public_pool(
     dataset_name: str,
     *,
@@ -470,8 +479,7 @@ def public_pool(
         candidates = np.arange(dataset.size(split=other), dtype=np.int64)
     else:
         source_split, what = split, " without the private images"
-        candidates = np.setdiff1d(np.arange(dataset.size(split=split), dtype=np.int64),
-                                  np.asarray(list(exclude_indices), dtype=np.int64))
+        candidates = _without(dataset.size(split=split), exclude_indices)
     chosen = _sample(candidates, count, seed, "reference")
     images = _at_run_shape(dataset.take(chosen, split=source_split).images, dataset_name,
                            image_size=image_size, channels=channels)
@@ -530,8 +538,7 @@ def distractor_pool(
     dataset = build_dataset(dataset_name, root=root, image_size=image_size, channels=channels,
                             num_classes=num_classes)
     split = dataset.resolve_split(split)
-    candidates = np.setdiff1d(np.arange(dataset.size(split=split), dtype=np.int64),
-                              np.asarray(list(exclude_indices), dtype=np.int64))
+    candidates = _without(dataset.size(split=split), exclude_indices)
     chosen = _sample(candidates, count, seed, "reid")
     images = dataset.take(chosen, split=split).images
     source = _describe(dataset_name, split, len(chosen), len(candidates), " without the private images")

@@ -10,6 +10,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+PNG_LEVEL = 3
+"""zlib level of the figures' PNGs: level 6 (PIL's default) spends 2-3× the time for files 5-30 % smaller."""
+
 
 def _to_uint8(images: Tensor) -> np.ndarray:
     """(B, C, H, W) in [0, 1] -> (B, H, W, 3) uint8 (grey repeated to RGB)."""
@@ -67,7 +70,7 @@ def save_grid(
     caption: Sequence[str] | str | None = None,
 ) -> None:
     """`image_grid` written to ``path`` (PNG)."""
-    image_grid(rows, labels=labels, caption=caption).save(path)
+    image_grid(rows, labels=labels, caption=caption).save(path, compress_level=PNG_LEVEL)
 
 
 def leakage_caption(metrics: dict[str, Any]) -> list[str]:
@@ -153,4 +156,4 @@ def save_loss_plot(path: str | Path, history: Sequence[dict[str, Any]], *, title
             draw.ellipse([line[0][0] - 2, line[0][1] - 2, line[0][0] + 2, line[0][1] + 2], fill=colour)
         if len(groups) > 1:
             draw.text((box[2] - 6, top + 6 + 12 * n), key, fill=colour, anchor="ra")
-    img.save(path)
+    img.save(path, compress_level=PNG_LEVEL)
