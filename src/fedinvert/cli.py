@@ -135,7 +135,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             overrides.append(item)
     plan = plan_sweep(
         args.study, out=out, executor=args.executor, jobs=args.jobs, address=args.address, threads=args.threads,
-        full=args.full, overrides=overrides, command=["fedinvert", *args.argv],
+        full=args.full, overrides=overrides, command=["fedinvert", *args.argv], batch=args.batch,
     )
     if args.dry_run:
         print(f"{plan.study.name}: {len(plan.runs)} runs over {', '.join(plan.study.axis_keys) or 'no axes'}")
@@ -348,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="a running Ray cluster's address (with --executor ray)")
     sweep.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / jobs)")
     sweep.add_argument("--full", action="store_true", help="the study's paper-scale settings (its full: section)")
+    sweep.add_argument("--batch", type=int, default=1,
+                       help="run up to N runs that differ only in their seed as one batched attack (local executor;"
+                            " Inverting Gradients on plain gradients)")
     sweep.add_argument("--dry-run", action="store_true", help="check the study and print its size; run nothing")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep, preload=RUN_MODULES)

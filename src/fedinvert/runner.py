@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -733,8 +734,19 @@ def run(cfg: dict[str, Any], *, write: bool = True, argv: list[str] | None = Non
     return result
 
 
-def _execute(cfg: dict[str, Any], *, argv: list[str] | None) -> RunResult:
-    """Scenario, attack and evaluation of `run` (the config already checked); nothing is written here."""
+@dataclass
+class _Prepared:
+    """A run up to its attack: the checked config (with the scenario's resolved keys), the attack, the scenario."""
+
+    cfg: dict[str, Any]
+    device: torch.device
+    attack: Attack
+    scenario: Scenario
+    scenario_seconds: float
+
+
+def _prepare(cfg: dict[str, Any]) -> _Prepared:
+    """Scenario and attack of `run` (the config already checked); nothing is written here."""
     device = resolve_device(cfg.get("device", "auto"))
     t0 = time.perf_counter()
     attack, attack_kwargs = build_attack(cfg, device=device)  # first: a malicious one shapes the model sent
@@ -745,36 +757,165 @@ def _execute(cfg: dict[str, Any], *, argv: list[str] | None) -> RunResult:
         cfg["normalization"] = dict(scenario.info["normalization"])  # auto resolved: config.yaml re-runs alike
     cfg["attack"] = {"name": cfg["attack"]["name"], **attack_kwargs}
     attack.check(scenario.observation, scenario.granted)
-    scenario_seconds = time.perf_counter() - t0
+    return _Prepared(cfg, device, attack, scenario, time.perf_counter() - t0)
 
+
+def _execute(cfg: dict[str, Any], *, argv: list[str] | None) -> RunResult:
+    """Scenario, attack and evaluation of `run` (the config already checked); nothing is written here."""
+    prepared = _prepare(cfg)
     rng = generator(int(cfg["seed"]), "attack")
-    with determinism.policy(device, seed=int(cfg["seed"])) as determinism_record:  # docs/determinism.md
+    with determinism.policy(prepared.device, seed=int(cfg["seed"])) as determinism_record:  # docs/determinism.md
         t1 = time.perf_counter()
-        rec = attack.reconstruct(scenario.observation, rng=rng, progress=bool(cfg.get("progress")))
+        rec = prepared.attack.reconstruct(prepared.scenario.observation, rng=rng, progress=bool(cfg.get("progress")))
         wall = time.perf_counter() - t1
+    return _finish(prepared, rec, wall=wall, determinism_record=determinism_record, argv=argv)
+
+
+def _finish(prepared: _Prepared, rec: Reconstruction, *, wall: float, determinism_record: dict[str, Any],
+            argv: list[str] | None, batched_seconds: float | None = None) -> RunResult:
+    """Evaluation and the run's record after its attack took ``wall`` seconds (its share of a batched attack
+    that took ``batched_seconds``)."""
+    cfg, scenario, attack = prepared.cfg, prepared.scenario, prepared.attack
     compile_seconds = float(rec.extras.get("compile_seconds", 0.0))
     metrics = _evaluate_or_record(scenario, rec, settings=cfg.get("metrics"))
     metrics.update({"seconds": wall - compile_seconds, "compile_seconds": compile_seconds, "iterations": rec.iterations,
                     "distance": rec.score})
+    timings = {"scenario_seconds": prepared.scenario_seconds, "attack_seconds": wall, "compile_seconds": compile_seconds}
+    if batched_seconds is not None:
+        timings["batched_attack_seconds"] = batched_seconds
     run_info = {
         "fedinvert": fedinvert.__version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "device": str(device),
+        "device": str(prepared.device),
         "seed": cfg["seed"],
         "determinism": determinism_record,
         "threat": cfg["threat"],
         "capabilities": sorted(c.value for c in scenario.granted),
         "attack_requires": sorted(c.value for c in attack.requires),
         "scenario": scenario.info,
-        "timings": {"scenario_seconds": scenario_seconds, "attack_seconds": wall, "compile_seconds": compile_seconds},
+        "timings": timings,
         "interrupted": rec.interrupted,
         "attack_details": extras_without_tensors(rec.extras),  # tensors go to tensors.safetensors
         "command": argv if argv is not None else sys.argv,
     }
     return RunResult(config=cfg, metrics=metrics, reconstruction=rec, scenario=scenario, run_info=run_info)
+
+
+def batch_key(cfg: dict[str, Any]) -> str:
+    """What runs must share to run as one batched attack (`run_batched`): everything but seed and folder."""
+    return json.dumps({k: v for k, v in cfg.items() if k not in ("seed", "out", "overwrite", "progress")},
+                      sort_keys=True, default=str)
+
+
+def run_batched(cfgs: Sequence[dict[str, Any]], *, argv: list[str] | None = None,
+                measure: bool = True) -> list[RunResult | Exception]:
+    """`run` for several configs that differ only in their seed, their attacks as one batch where they can be.
+
+    Each run is checked, reserves its folder and builds its scenario as `run` does; one whose config or data
+    fails gets its exception in the returned list and the others go on. When the attack can batch the rest
+    (`PixelAttack.batch_refusal`: Inverting Gradients on plain gradients of one victim architecture), their
+    private batches run as chains of one vmapped step (`PixelAttack.reconstruct_batched`); otherwise one after
+    another. Every run is then evaluated and written to its own folder, its ``run.json`` recording the batch
+    (``attack_details.batched``, ``timings.batched_attack_seconds``; ``attack_seconds`` is its share).
+    Batching is measured first (`PixelAttack.batch_timing`): where one batched step is not faster than the
+    runs' separate steps, they run one after another, and ``run.json``'s ``batched`` says why (``measure=False``
+    batches whatever can be batched).
+    Ctrl-C discards the reserved folders of the runs not written yet and propagates.
+    """
+    if len({batch_key(cfg) for cfg in cfgs}) > 1:
+        raise ConfigError("run_batched takes configs that differ only in seed and out")
+    results: list[RunResult | Exception | None] = [None] * len(cfgs)
+    live: list[tuple[int, _Prepared, OutputTarget]] = []
+    try:
+        for i, raw in enumerate(cfgs):
+            try:
+                cfg = json.loads(json.dumps(validate_config(raw)))
+                target = _prepare_out(cfg)
+            except Exception as err:  # this run's config or folder: recorded, the others go on
+                results[i] = err
+                continue
+            try:
+                live.append((i, _prepare(cfg), target))
+            except Exception as err:
+                target.discard()
+                results[i] = err
+        observations = [p.scenario.observation for _, p, _ in live]
+        attack = live[0][1].attack if live else None
+        note: dict[str, Any] | None = None
+        if len(live) > 1:
+            refusal = getattr(attack, "batch_refusal", None)
+            reason = f"{type(attack).__name__} runs alone" if refusal is None else refusal(observations)
+            timing: dict[str, float] = {}
+            if reason is None and measure:
+                timing = attack.batch_timing(observations)  # type: ignore[union-attr]
+                if timing["batched_step_seconds"] >= timing["separate_steps_seconds"]:
+                    reason = "the batched step is not faster than separate steps here"
+            if reason is None:
+                _attack_batched(live, results, argv, timing)
+                return [r if r is not None else RuntimeError("not run") for r in results]
+            note = {"runs": len(live), "refused": reason, **timing}
+            log.info("%d runs not batched: %s", len(live), reason)
+        while live:
+            i, prepared, target = live.pop(0)
+            try:
+                results[i] = _attack_one(prepared, target, argv, note)  # discards its own folder when it fails
+            except Exception as err:
+                results[i] = err
+    except BaseException:
+        for _, _, target in live:
+            target.discard()
+        raise
+    return [r if r is not None else RuntimeError("not run") for r in results]
+
+
+def _attack_one(prepared: _Prepared, target: OutputTarget, argv: list[str] | None,
+                note: dict[str, Any] | None = None) -> RunResult:
+    cfg = prepared.cfg
+    try:
+        with determinism.policy(prepared.device, seed=int(cfg["seed"])) as record:
+            t1 = time.perf_counter()
+            rec = prepared.attack.reconstruct(prepared.scenario.observation, rng=generator(int(cfg["seed"]), "attack"))
+            wall = time.perf_counter() - t1
+        result = _finish(prepared, rec, wall=wall, determinism_record=record, argv=argv)
+        if note is not None:  # asked to batch with others, and why it ran alone
+            result.run_info["batched"] = note
+    except BaseException:
+        target.discard()
+        raise
+    write_run_folder(target.out, result, target=target)
+    return result
+
+
+def _attack_batched(live: list[tuple[int, _Prepared, OutputTarget]], results: list[Any],
+                    argv: list[str] | None, timing: dict[str, float]) -> None:
+    first = live[0][1]
+    rngs = [generator(int(p.cfg["seed"]), "attack") for _, p, _ in live]
+    # the first run's seed seeds torch's global generators; the attack draws only from each run's own rng
+    with determinism.policy(first.device, seed=int(first.cfg["seed"])) as record:
+        t1 = time.perf_counter()
+        recs = first.attack.reconstruct_batched([p.scenario.observation for _, p, _ in live], rngs=rngs)  # type: ignore[attr-defined]
+        wall = time.perf_counter() - t1
+    for rec in recs:
+        rec.extras["batched"].update(timing)  # the probe that chose batching
+        i, prepared, target = live.pop(0)
+        try:
+            result = _finish(prepared, rec, wall=wall / len(recs), determinism_record=record, argv=argv,
+                             batched_seconds=wall)
+        except BaseException as err:
+            target.discard()
+            if not isinstance(err, Exception):
+                raise
+            results[i] = err
+            continue
+        try:
+            write_run_folder(target.out, result, target=target)  # discards its folder when it fails
+        except Exception as err:
+            results[i] = err
+            continue
+        results[i] = result
 
 
 def _evaluate_or_record(scenario: Scenario, rec: Reconstruction, *, settings: dict[str, Any] | None) -> dict[str, Any]:

@@ -238,3 +238,43 @@ def test_cli_sweep_and_its_bad_inputs(tmp_path, capsys):
         assert err.count("\n") == 1 and message in err, (args, err)
     assert not (tmp_path / "o").exists() and (user / "notes.txt").read_text() == "keep me"
     assert sorted(os.listdir(user)) == ["notes.txt"]
+
+
+def test_batched_replicates_give_the_unbatched_numbers(tmp_path, monkeypatch):
+    import json
+
+    from fedinvert.attacks.optimization.inverting_gradients import PixelAttack
+
+    # batching here, whatever the probe would find on this machine (tests/attacks/test_batched.py tests it)
+    monkeypatch.setattr(PixelAttack, "batch_timing",
+                        lambda self, obs: {"batched_step_seconds": 1.0, "separate_steps_seconds": 2.0})
+    study = write_study(tmp_path, "axes: {seed: [0, 1, 2]}\n", iterations=30)
+    one = run_sweep(plan_sweep(study, out=str(tmp_path / "one")), progress=False)
+    batched = run_sweep(plan_sweep(study, out=str(tmp_path / "b"), batch=4), progress=False)
+    assert one.finished == batched.finished == 3
+    alone = {r["id"]: float(r["psnr"]) for r in read_rows(tmp_path / "one")}
+    rows = read_rows(tmp_path / "b")
+    assert {r["id"] for r in rows} == set(alone)  # the same runs, the same ids
+    for row in rows:
+        assert float(row["psnr"]) == pytest.approx(alone[row["id"]], abs=0.05)
+        run = json.loads((tmp_path / "b" / row["folder"] / "run.json").read_text())
+        assert run["attack_details"]["batched"]["runs"] == 3
+
+
+def test_group_tasks_and_the_batch_flag(tmp_path, capsys):
+    from fedinvert.sweep.executors import Task, group_tasks
+
+    def task(i, seed, lr=0.1):
+        return Task(str(i), {"seed": seed, "out": f"r{i}", "attack": {"name": "x", "lr": lr}}, [])
+
+    tasks = [task(0, 0), task(1, 1), task(2, 0, lr=0.2), task(3, 2), task(4, 3), task(5, 1, lr=0.2)]
+    assert [[t.id for t in g] for g in group_tasks(tasks, 3)] == [["0", "1", "3"], ["2", "5"], ["4"]]
+    assert [[t.id for t in g] for g in group_tasks(tasks, 1)] == [[str(i)] for i in range(6)]
+    study = write_study(tmp_path, "axes: {seed: [0, 1]}\n")
+    with pytest.raises(ConfigError, match="--batch must be a whole number"):
+        plan_sweep(study, out=str(tmp_path / "x"), batch=0)
+    with pytest.raises(ConfigError, match="needs --executor local"):
+        plan_sweep(study, out=str(tmp_path / "x"), batch=2, executor="ray")
+    assert main(["sweep", str(study), f"out={tmp_path / 'x'}", "--batch", "0"]) == 2
+    assert "--batch" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -158,6 +158,7 @@ class LoopResult:
     interrupted: bool = False
     last: list[Tensor] = field(default_factory=list)
     last_distance: Tensor | None = None
+    group_history: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
 class Adam:
@@ -211,6 +212,7 @@ def optimize(
     log_every: int = 50,
     progress: bool = False,
     description: str = "attack",
+    groups: int = 1,
 ) -> LoopResult:
     """Adam on variables with a leading restart dimension; keeps each restart's least-distance iterate.
 
@@ -218,6 +220,9 @@ def optimize(
     ``project`` is applied in place after every update (box constraint, ℓ1 ball, sphere). Host syncs happen
     only every ``log_every`` steps. Ctrl-C stops the loop and returns the best found so far. The best and the
     last evaluated iterates live in buffers allocated once and written in place (no copy allocated per step).
+
+    ``groups`` > 1 splits the restarts into that many equal, consecutive groups (the private batches of a
+    batched study, `PixelAttack.reconstruct_batched`): ``group_history`` then holds each group's own history.
     """
     from tqdm.auto import tqdm
 
@@ -231,6 +236,9 @@ def optimize(
     last = [v.detach().clone() for v in leaves]  # the iterate the latest distance was computed on
     last_distance = best_distance
     history: list[dict[str, Any]] = []
+    group_history: list[list[dict[str, Any]]] = [[] for _ in range(groups)] if groups > 1 else []
+    if restarts % groups:
+        raise ValueError(f"{restarts} restarts do not split into {groups} equal groups")
     start = time.perf_counter()
     bar = tqdm(total=iterations, desc=description, disable=not progress, leave=False)
     done = 0
@@ -262,6 +270,15 @@ def optimize(
                     "seconds": time.perf_counter() - start,
                 }
                 history.append(entry)
+                for k, log_k in enumerate(group_history):
+                    part = slice(k * restarts // groups, (k + 1) * restarts // groups)
+                    log_k.append({
+                        "step": done,
+                        "loss": loss[part].min().item(),
+                        "distance": dist[part].min().item(),
+                        "best_distance": best_distance[part].min().item(),
+                        "seconds": entry["seconds"],
+                    })
                 bar.update(done - bar.n)
                 bar.set_postfix(distance=f"{entry['best_distance']:.4g}")
     except KeyboardInterrupt:
@@ -273,4 +290,4 @@ def optimize(
         best = [v.detach().clone() for v in leaves]
     last_distance = torch.nan_to_num(last_distance, nan=float("inf"), neginf=float("inf"))
     return LoopResult(best=best, best_distance=best_distance, history=history, steps=done, interrupted=interrupted,
-                      last=last, last_distance=last_distance)
+                      last=last, last_distance=last_distance, group_history=group_history)

@@ -272,7 +272,7 @@ def cold_estimate(tensors: int) -> float:
     return COLD_SECONDS + COLD_SECONDS_PER_TENSOR * tensors
 
 
-def _timed_probe(probe: Callable[[], Any], device: torch.device) -> float:
+def timed_probe(probe: Callable[[], Any], device: torch.device) -> float:
     """Seconds of one eager step: one untimed call, then the mean of `PROBE_STEPS` timed ones."""
 
     def sync() -> None:
@@ -395,14 +395,14 @@ def _fastest_eager(
     decision = CompileDecision(name, "", steps=steps)
     if not try_vmap:
         eager = build(EAGER)
-        decision.form, decision.eager_step_seconds = EAGER, _timed_probe(lambda: probe(eager), device)
+        decision.form, decision.eager_step_seconds = EAGER, timed_probe(lambda: probe(eager), device)
         return eager, decision
     identity = key()
     known = _EAGER_FORM_HERE.get(identity)
     timings: dict[str, tuple[T, float]] = {}
     for form in (EAGER, VMAP) if known is None else (known,):
         built = build(form)
-        timings[form] = built, _timed_probe(lambda built=built: probe(built), device)  # type: ignore[misc]
+        timings[form] = built, timed_probe(lambda built=built: probe(built), device)  # type: ignore[misc]
     form = min(timings, key=lambda f: timings[f][1])
     _EAGER_FORM_HERE[identity] = form
     decision.form, decision.eager_step_seconds = form, timings[form][1]

@@ -32,45 +32,22 @@ DISTANCES: Registry[Tensor] = Registry("gradient distance")
 _EPS = 1e-12
 
 
-def flat(tensors: Sequence[Tensor]) -> Tensor:
-    """All of ``tensors`` as one vector (under `vmap`, one per restart)."""
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def _inner(dummy: Sequence[Tensor], target: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
-    """(⟨dummy, target⟩, ‖dummy‖²) over all tensors jointly; ``target`` may come flattened already.
-
-    Eagerly over one flattened update: 3 reductions instead of a Python loop of them per parameter tensor
-    (60 ops a cosine on LeNet, 8 % of its eager step). Under `torch.compile` per tensor: the inductor fuses
-    those, while the concatenated copy costs (LeNet, B = 8: 4.4 against 3.7-4.1 ms a compiled step). Not
-    ``torch.dot``: its double backward under `vmap` lost three digits on ConvNet.
-    """
-    if torch.compiler.is_compiling() and not isinstance(target, Tensor):
-        dot = sum((d * t).sum() for d, t in zip(dummy, target, strict=True))
-        return dot, sum(d.square().sum() for d in dummy)  # type: ignore[return-value]
-    d = flat(dummy)
-    t = target if isinstance(target, Tensor) else flat(target)
-    return (d * t).sum(-1), d.square().sum(-1)
-
-
 @DISTANCES.register("l2")
 def l2_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
     """Squared Euclidean distance summed over all tensors (DLG, Zhu et al. 2019)."""
-    if torch.compiler.is_compiling():  # see `_inner`
-        return sum(((d - t) ** 2).sum() for d, t in zip(dummy, target, strict=True))  # type: ignore[return-value]
-    return (flat(dummy) - flat(target)).square().sum()
+    return sum(((d - t) ** 2).sum() for d, t in zip(dummy, target, strict=True))  # type: ignore[return-value]
 
 
 @DISTANCES.register("cosine")
 def cosine_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
     """1 − one cosine similarity over all tensors jointly (Inverting Gradients, Geiping et al. 2020)."""
-    return _cosine(dummy, target, sum(t.square().sum() for t in target))  # type: ignore[arg-type]
+    return _cosine(dummy, target, sum((t * t).sum() for t in target))  # type: ignore[arg-type]
 
 
-def _cosine(dummy: Sequence[Tensor], target: Sequence[Tensor] | Tensor, target_sq: Tensor) -> Tensor:
-    """1 − cos(dummy, target) over whole updates, ``target_sq`` = ‖target‖²."""
-    dot, dummy_sq = _inner(dummy, target)
-    return 1 - dot / (torch.sqrt(dummy_sq) * torch.sqrt(target_sq) + _EPS)
+def _cosine(dummy: Sequence[Tensor], target: Sequence[Tensor], target_sq: Tensor) -> Tensor:
+    dot = sum((d * t).sum() for d, t in zip(dummy, target, strict=True))
+    dn = sum((d * d).sum() for d in dummy)
+    return 1 - dot / (torch.sqrt(dn) * torch.sqrt(target_sq) + _EPS)  # type: ignore[operator, arg-type]
 
 
 @DISTANCES.register("layer_cosine")
@@ -112,20 +89,17 @@ class MaskedCosineDistance:
 
 
 class TargetCosineDistance:
-    """`cosine_distance` with the target flattened and its squared norm computed once: the same numbers, bit
-    for bit, and less work per step (the observed update is constant through an attack)."""
+    """`cosine_distance` with the target's squared norm computed once: the same numbers, bit for bit, and one
+    reduction over the observed update less per step (it is constant through an attack)."""
 
     def __init__(self, target: Sequence[Tensor]) -> None:
         self.target = target  # the very sequence object the matcher passes back at every step
-        self.flat_target = flat(target)
-        self.target_sq = self.flat_target.square().sum()
+        self.target_sq = sum((t * t).sum() for t in target)
 
     def __call__(self, dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
         if target is not self.target:
             return cosine_distance(dummy, target)
-        if torch.compiler.is_compiling():  # per tensor: see `_inner`
-            return _cosine(dummy, target, self.target_sq)
-        return _cosine(dummy, self.flat_target, self.target_sq)
+        return _cosine(dummy, target, self.target_sq)  # type: ignore[arg-type]
 
 
 def build_distance(name: str, target: Sequence[Tensor], *, prune_ratio: float = 0.0) -> Distance:
@@ -402,6 +376,97 @@ class GradientMatcher:
         self.evaluations += 1
         held = [g.detach() * (1 - k) for g, k in zip(grads, self.kept, strict=True)]
         return float(self.heldout_fn(held, self._held_target))
+
+
+BATCHED_DISTANCES = ("cosine", "l2")
+"""Distances `BatchedMatcher` computes (those without a per-observation mask or per-tensor weights)."""
+
+
+def batch_refusal(matchers: Sequence[GradientMatcher]) -> str | None:
+    """Why ``matchers`` (one per observation) cannot share one `BatchedMatcher`; None when they can.
+
+    They must match plain gradients of one victim architecture: no FedAvg simulation, no replayed defences,
+    no held-out coordinates or update transform, the same frozen weights and buffers (a train-mode
+    BatchNorm's running statistics are not used), and the same train or eval mode.
+    """
+    first = matchers[0]
+    for k, m in enumerate(matchers):
+        if m.local is not None or m.step_size is not None:
+            return "a FedAvg update (the local training is simulated per observation)"
+        if m.replay is not None or m.clients > 1 or m.kept is not None or m.update_transform is not None:
+            return "replayed defences, secure aggregation, held-out coordinates or an update transform"
+        if not m.functional:
+            return "a matcher that is not functional"
+        if k == 0:
+            continue
+        if m.names != first.names or any(m.params[n].shape != first.params[n].shape for n in m.names):
+            return "different victim architectures"
+        if m.model.training != first.model.training:
+            return "victims in different modes (train and eval)"
+        for mine, theirs in ((m.frozen, first.frozen), (m.buffers, first.buffers)):
+            if mine.keys() != theirs.keys() or any(not torch.equal(mine[n], theirs[n]) for n in mine):
+                return "victims with different frozen weights or buffers"
+    return None
+
+
+class BatchedMatcher:
+    """The gradient-matching step of several observations of one victim architecture in one vmapped batch.
+
+    Independent private batches of the same shape (the replicates of a study: other seeds, other images,
+    other victim weights) become chains of one step: ``vmap(grad_and_value(objective))`` over each chain's
+    dummy input, victim parameters, observed gradient and labels, so every chain runs through the
+    victim at once. ``restarts`` consecutive chains belong to each observation.
+
+    Built from one functional `GradientMatcher` per observation (`batch_refusal` says which can share a step);
+    the first one's model, frozen weights and buffers serve all. The render is the identity (pixel attacks),
+    ``regularizer(inputs, variables)`` as in `GradientMatcher`.
+    """
+
+    def __init__(
+        self,
+        matchers: Sequence[GradientMatcher],
+        labels: Sequence[Tensor],
+        *,
+        restarts: int,
+        distance: str,
+        regularizer: Callable[[Tensor, tuple[Tensor, ...]], Tensor] | None = None,
+    ) -> None:
+        reason = batch_refusal(matchers)
+        if reason is not None:
+            raise ValueError(f"these observations cannot share one step: {reason}")
+        if distance not in BATCHED_DISTANCES:
+            raise ValueError(f"a batched step computes {' or '.join(BATCHED_DISTANCES)}, not {distance!r}")
+        self.first = matchers[0]
+        self.names = self.first.names
+        self.restarts = int(restarts)
+        self.distance = distance
+        self.regularizer = regularizer
+
+        def chains(tensors: Sequence[Tensor]) -> Tensor:
+            return torch.stack(list(tensors)).repeat_interleave(self.restarts, dim=0)
+
+        self.params = {n: chains([m.params[n] for m in matchers]) for n in self.names}
+        self.targets = [chains([m.target[i] for m in matchers]) for i in range(len(self.names))]
+        self.labels = chains([torch.as_tensor(y).to(self.first.device) for y in labels])
+        self.evaluations = 0
+        objective = torch.func.grad_and_value(self._objective, argnums=0, has_aux=True)
+        self._step_fn = torch.func.vmap(objective)
+
+    def _objective(
+        self, x: Tensor, params: dict[str, Tensor], target: list[Tensor], labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        grads = torch.func.grad(self.first._loss)(params, x, labels)
+        dummy = [grads[n] for n in self.names]
+        dist = l2_distance(dummy, target) if self.distance == "l2" else cosine_distance(dummy, target)
+        loss = dist if self.regularizer is None else dist + self.regularizer(x, (x,))
+        return loss, dist
+
+    def step(self, variables: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """`GradientMatcher.step` over every chain: (grads, loss[chains], distance[chains])."""
+        x = variables[0].detach()
+        self.evaluations += x.shape[0]
+        grad, (loss, dist) = self._step_fn(x, self.params, self.targets, self.labels)
+        return (grad,), loss.detach(), dist.detach()
 
 
 class _AffineBatchNorm(nn.Module):

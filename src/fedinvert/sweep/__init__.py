@@ -65,12 +65,21 @@ class SweepPlan:
     threads: int | None
     full: bool
     command: list[str]
+    batch: int = 1
 
 
 def plan_sweep(study_file: str | Path, *, out: str | None, executor: str = "local", jobs: int = 1,
                address: str | None = None, threads: int | None = None, full: bool = False,
-               overrides: Sequence[str] = (), command: Sequence[str] = ()) -> SweepPlan:
-    """Every check a sweep makes before any work: the study, each run's configuration, the folder, the executor."""
+               overrides: Sequence[str] = (), command: Sequence[str] = (), batch: int = 1) -> SweepPlan:
+    """Every check a sweep makes before any work: the study, each run's configuration, the folder, the executor.
+
+    ``batch`` > 1 runs up to that many runs that differ only in their seed (a cell's replicates: its private
+    batches) as one batched attack where the attack allows it (`fedinvert.runner.run_batched`); local executor.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"--batch must be a whole number ≥ 1, got {batch!r}")
+    if batch > 1 and executor != "local":
+        raise ConfigError("--batch runs replicates together in one process; it needs --executor local")
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor: unknown executor '{executor}'; known: {', '.join(EXECUTORS)}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -90,7 +99,7 @@ def plan_sweep(study_file: str | Path, *, out: str | None, executor: str = "loca
     runs = study.runs(list(overrides))
     folder = Path(out)
     check_study_folder(folder, out)
-    return SweepPlan(study, runs, folder, executor, jobs, address, threads, full, list(command))
+    return SweepPlan(study, runs, folder, executor, jobs, address, threads, full, list(command), batch)
 
 
 def _describe_folder(plan: SweepPlan) -> dict[str, Any]:
@@ -143,7 +152,7 @@ def run_sweep(plan: SweepPlan, *, progress: bool = True) -> SweepSummary:
         if plan.executor == "ray":
             outcomes = run_ray(tasks, runs_dir, jobs=plan.jobs, threads=plan.threads, address=plan.address)
         else:
-            outcomes = run_local(tasks, runs_dir, jobs=plan.jobs, threads=plan.threads)
+            outcomes = run_local(tasks, runs_dir, jobs=plan.jobs, threads=plan.threads, batch=plan.batch)
         bar = tqdm(total=len(plan.runs), initial=summary.already, unit="run", disable=not progress,
                    desc=plan.study.name, dynamic_ncols=True)
         try:

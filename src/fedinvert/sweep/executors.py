@@ -75,6 +75,56 @@ def execute(task: Task, folder: Path, threads: int | None = None) -> Outcome:
     return Outcome(task.id, "ok", metrics=metrics, worker=worker)
 
 
+def execute_group(tasks: Sequence[Task], runs_dir: Path, threads: int | None = None) -> list[Outcome]:
+    """`execute` for runs that differ only in their seed, as one batched attack where it can
+    (`fedinvert.runner.run_batched`); one outcome per task, in order."""
+    if len(tasks) == 1:
+        return [execute(tasks[0], runs_dir / tasks[0].id, threads)]
+    import torch
+
+    from fedinvert.runner import run_batched
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfgs = [dict(t.config, out=str(runs_dir / t.id), overwrite=True, progress=False) for t in tasks]
+    worker = f"{os.uname().nodename}:{os.getpid()}" if hasattr(os, "uname") else str(os.getpid())
+    try:
+        results = run_batched(cfgs, argv=tasks[0].argv)
+    except KeyboardInterrupt:
+        return [Outcome(t.id, "interrupted", worker=worker) for t in tasks]
+    except Exception as err:  # the group as a whole failed (not one run of it): each is recorded with it
+        return [Outcome(t.id, "failed", error=_one_line(err), worker=worker) for t in tasks]
+    outcomes = []
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, Exception):
+            outcomes.append(Outcome(task.id, "failed", error=_one_line(result), worker=worker))
+        elif result.reconstruction.interrupted:
+            outcomes.append(Outcome(task.id, "interrupted", worker=worker))
+        else:
+            metrics = json.loads((runs_dir / task.id / "metrics.json").read_text())
+            outcomes.append(Outcome(task.id, "ok", metrics=metrics, worker=worker))
+    return outcomes
+
+
+def group_tasks(tasks: Sequence[Task], batch: int) -> list[list[Task]]:
+    """``tasks`` in groups of up to ``batch`` that differ only in their seed (`fedinvert.runner.batch_key`),
+    in the order of each group's first task; ``batch`` = 1 leaves every task alone."""
+    if batch <= 1:
+        return [[t] for t in tasks]
+    from fedinvert.runner import batch_key
+
+    open_groups: dict[str, list[Task]] = {}
+    groups: list[list[Task]] = []
+    for task in tasks:
+        key = batch_key(task.config)
+        group = open_groups.get(key)
+        if group is None or len(group) >= batch:
+            group = open_groups[key] = []
+            groups.append(group)
+        group.append(task)
+    return groups
+
+
 def execute_packed(task: Task, threads: int | None = None) -> Outcome:
     """`execute` in a temporary folder; a finished run folder comes back as an uncompressed tar archive."""
     with tempfile.TemporaryDirectory(prefix="fedinvert-sweep-") as tmp:
@@ -107,33 +157,37 @@ def unpack(packed: bytes, folder: Path) -> None:
     os.replace(tmp, folder)
 
 
-def run_local(tasks: Sequence[Task], runs_dir: Path, *, jobs: int, threads: int | None) -> Iterator[Outcome]:
-    """Outcomes as they finish: in this process for one job, else in ``jobs`` spawned processes."""
+def run_local(tasks: Sequence[Task], runs_dir: Path, *, jobs: int, threads: int | None,
+              batch: int = 1) -> Iterator[Outcome]:
+    """Outcomes as they finish: in this process for one job, else in ``jobs`` spawned processes; with ``batch``
+    > 1, runs that differ only in their seed go together (`group_tasks`, `execute_group`)."""
+    groups = group_tasks(tasks, batch)
     if jobs == 1:
-        for task in tasks:
-            outcome = execute(task, runs_dir / task.id, threads)
-            yield outcome
-            if outcome.status == "interrupted":
+        for group in groups:
+            outcomes = execute_group(group, runs_dir, threads)
+            yield from outcomes
+            if any(o.status == "interrupted" for o in outcomes):
                 raise KeyboardInterrupt
         return
     per_job = threads or max(1, (os.cpu_count() or 1) // jobs)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
-    futures: dict[Future[Outcome], Task] = {}
-    queue = list(tasks)
+    futures: dict[Future[list[Outcome]], list[Task]] = {}
+    queue = list(groups)
     try:
         while queue or futures:
             while queue and len(futures) < 2 * jobs:  # a short queue: Ctrl-C leaves little to cancel
-                task = queue.pop(0)
-                futures[pool.submit(execute, task, runs_dir / task.id, per_job)] = task
+                group = queue.pop(0)
+                futures[pool.submit(execute_group, group, runs_dir, per_job)] = group
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in done:
-                task = futures.pop(future)
+                group = futures.pop(future)
                 try:
-                    outcome = future.result()
+                    outcomes = future.result()
                 except Exception as err:  # the worker process died (killed, out of memory)
-                    outcome = Outcome(task.id, "failed", error=f"worker process failed: {_one_line(err)}")
-                yield outcome
-                if outcome.status == "interrupted":
+                    error = f"worker process failed: {_one_line(err)}"
+                    outcomes = [Outcome(task.id, "failed", error=error) for task in group]
+                yield from outcomes
+                if any(o.status == "interrupted" for o in outcomes):
                     raise KeyboardInterrupt
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

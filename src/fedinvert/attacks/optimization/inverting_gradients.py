@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -12,7 +13,9 @@ from fedinvert.attacks import compilation
 from fedinvert.attacks.base import ATTACKS, Attack, batch_size_of, optimize
 from fedinvert.attacks.labels import infer_labels
 from fedinvert.attacks.objectives import (
+    BATCHED_DISTANCES,
     FEDAVG_MODES,
+    BatchedMatcher,
     GradientMatcher,
     image_norm,
     total_variation,
@@ -180,6 +183,103 @@ class PixelAttack(Attack):
                 "compile": compilation.finished(decision, matcher),
             },
         )
+
+
+    def batch_refusal(self, observations: Sequence[Observation]) -> str | None:
+        """Why ``observations`` cannot run as one batched attack (`reconstruct_batched`); None when they can."""
+        plain = (type(self).reconstruct is PixelAttack.reconstruct and type(self).make_step is PixelAttack.make_step
+                 and type(self).make_matcher is PixelAttack.make_matcher)
+        if not plain:
+            return f"{type(self).__name__} adds to Inverting Gradients' step"
+        if self.distance not in BATCHED_DISTANCES or self.prune_ratio or self.adaptive:
+            return "its distance, pruning mask or adaptive replay is per observation"
+        first = observations[0]
+        for obs in observations:
+            if obs.kind != "gradient":
+                return "a FedAvg update"
+            if (obs.image_shape, obs.normalization, obs.num_classes) != (
+                first.image_shape, first.normalization, first.num_classes
+            ):
+                return "different image shapes, normalisations or label spaces"
+            if batch_size_of(obs) != batch_size_of(first):
+                return "different batch sizes"
+        return None
+
+    def _batched_matcher(self, observations: Sequence[Observation], labels: Sequence[Tensor]) -> BatchedMatcher:
+        matchers = [self.make_matcher(obs, y, form=compilation.VMAP) for obs, y in zip(observations, labels,
+                                                                                       strict=True)]
+        return BatchedMatcher(matchers, labels, restarts=self.restarts, distance=self.distance,
+                              regularizer=self.regularizer(observations[0]))
+
+    def batch_timing(self, observations: Sequence[Observation]) -> dict[str, float]:
+        """Seconds a step of ``observations`` takes batched (`reconstruct_batched`) and one after another
+        (eager, as separate uncompiled runs step), each timed as `compilation`'s probe does (one untimed
+        step, then the mean of two) on random starts that draw from no run's generator."""
+        size = batch_size_of(observations[0])
+        labels = [infer_labels(obs, method=self.labels, batch_size=size).to(self.device) for obs in observations]
+        start = torch.randn((len(observations) * self.restarts, size, *observations[0].image_shape),
+                            generator=torch.Generator().manual_seed(0)).to(self.device)
+        batched = self._batched_matcher(observations, labels)
+        together = compilation.timed_probe(lambda: batched.step([start]), self.device)
+        forms = (compilation.EAGER, compilation.VMAP) if self.restarts > 1 else (compilation.EAGER,)
+        one = float("inf")  # a separate run of several restarts steps in whichever form its probe finds faster
+        first = start[: self.restarts]
+        for form in forms:
+            one = min(one, compilation.timed_probe(
+                functools.partial(self.make_matcher(observations[0], labels[0], form=form).step, [first]), self.device
+            ))
+        return {"batched_step_seconds": together, "separate_steps_seconds": len(observations) * one}
+
+    def reconstruct_batched(
+        self, observations: Sequence[Observation], *, rngs: Sequence[torch.Generator], progress: bool = False
+    ) -> list[Reconstruction]:
+        """`reconstruct` of several independent observations as one batch through the victim (`BatchedMatcher`).
+
+        Each observation keeps what `reconstruct` gives it: its labels, its start drawn from its own ``rng``
+        (the same pixels as alone), its restarts, its best restart and its own history. Their chains (restarts
+        × observations) share one vmapped step, uncompiled. The numbers agree with separate runs to float32
+        rounding, not bit for bit (vmapped reductions). Raises ValueError where `batch_refusal` refuses.
+        """
+        reason = self.batch_refusal(observations) if len(observations) > 1 else None
+        if reason is not None:
+            raise ValueError(f"these observations cannot run as one batch: {reason}")
+        size = batch_size_of(observations[0])
+        shape = (self.restarts, size, *observations[0].image_shape)
+        labels = [infer_labels(obs, method=self.labels, batch_size=size).to(self.device) for obs in observations]
+        x0 = torch.cat([random_inputs(obs, shape, rng, self.device, self.init)
+                        for obs, rng in zip(observations, rngs, strict=True)])
+        batched = self._batched_matcher(observations, labels)
+        result = optimize(
+            batched.step,
+            [x0],
+            iterations=self.iterations,
+            lr=self.lr,
+            schedule=self.schedule,
+            signed=self.signed,
+            project=box_projection(observations[0], self.device) if self.boxed else None,
+            log_every=self.log_every,
+            progress=progress,
+            description=f"{type(self).__name__} ×{len(observations)}",
+            groups=len(observations),
+        )
+        out = []
+        for k, obs in enumerate(observations):
+            chains = result.best_distance[k * self.restarts:(k + 1) * self.restarts]
+            best = int(torch.argmin(chains))
+            out.append(Reconstruction(
+                images=obs.denormalize(result.best[0][k * self.restarts + best]).clamp(0, 1).detach().cpu(),
+                labels=labels[k].cpu(),
+                score=float(chains[best]),
+                history=result.group_history[k] if len(observations) > 1 else result.history,
+                iterations=batched.evaluations // len(observations),
+                interrupted=result.interrupted,
+                extras={
+                    "restart": best,
+                    "compile_seconds": 0.0,
+                    "batched": {"runs": len(observations), "position": k, "form": compilation.VMAP},
+                },
+            ))
+        return out
 
 
 @ATTACKS.register("inverting_gradients")
