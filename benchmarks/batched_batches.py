@@ -4,9 +4,9 @@ A study's replicates are private batches of one shape, each with its own victim 
 observed gradient. ``fedinvert sweep --batch N`` runs N of them as chains of one vmapped step
 (`fedinvert.attacks.objectives.BatchedMatcher`). Printed per victim (B = 1, 32 px, one restart each): ms of one
 eager step of one private batch (what a separate run pays), ms of the batched step of N of them, and the
-ratio; N separate runs cost N × the first.
+ratio; N separate runs cost N × the first. With ``--compiled``, the same with both steps compiled.
 
-    OMP_NUM_THREADS=1 python benchmarks/batched_batches.py --threads 1 lenet-dlg convnet resnet18
+    OMP_NUM_THREADS=1 python benchmarks/batched_batches.py --threads 1 --compiled lenet-dlg convnet resnet18
 """
 
 from __future__ import annotations
@@ -54,23 +54,28 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4, help="private batches run together (4)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compiled", action="store_true", help="also both compiled (each compiles first)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     attack = ATTACKS.build("inverting_gradients", iterations=10, device="cpu")
     n, b = args.batches, args.batch_size
-    print(f"{n} private batches, B = {b}, 32 px, one restart each; best of 3 timings, ms a step")
-    print(f"  {'victim':10s} {'one batch':>10s} {f'{n} batched':>11s} {'ratio':>6s} {f'{n} separate':>12s}")
+    print(f"{n} private batches, B = {b}, 32 px, one restart each; best of 3 timings, ms a step (compiled: after"
+          " the first call, which compiles)")
+    print(f"  {'victim':10s} {'form':9s} {'one batch':>10s} {f'{n} batched':>11s} {'ratio':>6s} {f'{n} separate':>12s}")
     for name in args.victims:
         observations = [observation(name, seed, b) for seed in range(n)]
         labels = [obs.labels for obs in observations]
         x = torch.randn(n, b, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        alone = attack.make_matcher(observations[0], labels[0])
-        one = per_step(alone.step, x[:1], STEPS.get(name, 20))
-        batched = BatchedMatcher([attack.make_matcher(o, y, form="vmap") for o, y in zip(observations, labels, strict=True)],
-                                 labels, restarts=1, distance=attack.distance,
-                                 regularizer=attack.regularizer(observations[0]))
-        together = per_step(batched.step, x, STEPS.get(name, 20))
-        print(f"  {name:10s} {1000 * one:10.2f} {1000 * together:11.2f} {together / one:6.2f} {1000 * n * one:12.2f}")
+        for compiled in (False, True) if args.compiled else (False,):
+            alone = attack.make_matcher(observations[0], labels[0], form="compiled" if compiled else "eager")
+            one = per_step(alone.step, x[:1], STEPS.get(name, 20))
+            matchers = [attack.make_matcher(o, y, form="vmap") for o, y in zip(observations, labels, strict=True)]
+            batched = BatchedMatcher(matchers, labels, restarts=1, distance=attack.distance,
+                                     regularizer=attack.regularizer(observations[0]), compile=compiled)
+            together = per_step(batched.step, x, STEPS.get(name, 20))
+            form = "compiled" if compiled else "eager"
+            print(f"  {name:10s} {form:9s} {1000 * one:10.2f} {1000 * together:11.2f} {together / one:6.2f}"
+                  f" {1000 * n * one:12.2f}")
 
 
 if __name__ == "__main__":

@@ -159,3 +159,18 @@ def test_batching_is_measured_first_and_skipped_where_it_does_not_pay(tmp_path: 
                         lambda self, obs: {"batched_step_seconds": 1.0, "separate_steps_seconds": 2.0})
     faster = run_batched(configs(tmp_path / "fast", [0, 1]), argv=["test"])
     assert all(r.run_info["attack_details"]["batched"]["batched_step_seconds"] == 1.0 for r in faster)
+
+
+@pytest.mark.slow
+def test_a_compiled_batched_step_follows_the_uncompiled_one() -> None:
+    observations = [observation(seed) for seed in (0, 1)]
+
+    def run(compile: bool) -> list:
+        attack = ATTACKS.build("inverting_gradients", iterations=20, compile=compile, device="cpu")
+        return attack.reconstruct_batched(observations, rngs=[torch.Generator().manual_seed(k) for k in range(2)])
+
+    compiled, eager = run(True), run(False)
+    for c, e in zip(compiled, eager, strict=True):
+        assert c.extras["batched"]["form"] == "compiled" and e.extras["batched"]["form"] == "vmap"
+        assert c.extras["compile"]["compiled"] and c.extras["compile_seconds"] > 0
+        assert float((c.images - e.images).abs().max()) < 1e-3

@@ -430,6 +430,7 @@ class BatchedMatcher:
         restarts: int,
         distance: str,
         regularizer: Callable[[Tensor, tuple[Tensor, ...]], Tensor] | None = None,
+        compile: bool = False,
     ) -> None:
         reason = batch_refusal(matchers)
         if reason is not None:
@@ -450,7 +451,15 @@ class BatchedMatcher:
         self.labels = chains([torch.as_tensor(y).to(self.first.device) for y in labels])
         self.evaluations = 0
         objective = torch.func.grad_and_value(self._objective, argnums=0, has_aux=True)
-        self._step_fn = torch.func.vmap(objective)
+        # what compiling costs and what a compiled step takes (`compilation.choose` gives it a record key)
+        self.clock = CompileClock(self.first.device) if compile else None
+        vmapped = torch.func.vmap(objective)
+        self._step_fn = self.clock.compile(vmapped) if self.clock else vmapped
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds compiling this step cost (torch.compile's set-up and the first call); 0 uncompiled."""
+        return self.clock.seconds if self.clock else 0.0
 
     def _objective(
         self, x: Tensor, params: dict[str, Tensor], target: list[Tensor], labels: Tensor
@@ -465,7 +474,10 @@ class BatchedMatcher:
         """`GradientMatcher.step` over every chain: (grads, loss[chains], distance[chains])."""
         x = variables[0].detach()
         self.evaluations += x.shape[0]
-        grad, (loss, dist) = self._step_fn(x, self.params, self.targets, self.labels)
+        if self.clock is not None:
+            grad, (loss, dist) = self.clock.call(lambda: self._step_fn(x, self.params, self.targets, self.labels))
+        else:
+            grad, (loss, dist) = self._step_fn(x, self.params, self.targets, self.labels)
         return (grad,), loss.detach(), dist.detach()
 
 

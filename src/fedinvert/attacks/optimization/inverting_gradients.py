@@ -205,11 +205,12 @@ class PixelAttack(Attack):
                 return "different batch sizes"
         return None
 
-    def _batched_matcher(self, observations: Sequence[Observation], labels: Sequence[Tensor]) -> BatchedMatcher:
+    def _batched_matcher(self, observations: Sequence[Observation], labels: Sequence[Tensor], *,
+                         compiled: bool = False) -> BatchedMatcher:
         matchers = [self.make_matcher(obs, y, form=compilation.VMAP) for obs, y in zip(observations, labels,
                                                                                        strict=True)]
         return BatchedMatcher(matchers, labels, restarts=self.restarts, distance=self.distance,
-                              regularizer=self.regularizer(observations[0]))
+                              regularizer=self.regularizer(observations[0]), compile=compiled)
 
     def batch_timing(self, observations: Sequence[Observation]) -> dict[str, float]:
         """Seconds a step of ``observations`` takes batched (`reconstruct_batched`) and one after another
@@ -237,8 +238,9 @@ class PixelAttack(Attack):
 
         Each observation keeps what `reconstruct` gives it: its labels, its start drawn from its own ``rng``
         (the same pixels as alone), its restarts, its best restart and its own history. Their chains (restarts
-        × observations) share one vmapped step, uncompiled. The numbers agree with separate runs to float32
-        rounding, not bit for bit (vmapped reductions). Raises ValueError where `batch_refusal` refuses.
+        × observations) share one vmapped step, compiled where ``attack.compile`` decides so
+        (`compilation.choose`, its own record key). The numbers agree with separate runs to float32 rounding, not
+        bit for bit (vmapped reductions). Raises ValueError where `batch_refusal` refuses.
         """
         reason = self.batch_refusal(observations) if len(observations) > 1 else None
         if reason is not None:
@@ -248,7 +250,16 @@ class PixelAttack(Attack):
         labels = [infer_labels(obs, method=self.labels, batch_size=size).to(self.device) for obs in observations]
         x0 = torch.cat([random_inputs(obs, shape, rng, self.device, self.init)
                         for obs, rng in zip(observations, rngs, strict=True)])
-        batched = self._batched_matcher(observations, labels)
+        batched, decision = compilation.choose(
+            self.compile,
+            steps=self.iterations,
+            build=lambda form: self._batched_matcher(observations, labels, compiled=form == compilation.COMPILED),
+            probe=lambda candidate: candidate.step([x0]),
+            key=lambda: compilation.step_key(f"{type(self).__name__}-batched", [observations[0].model], [x0.shape],
+                                             self.device),
+            tensors=lambda: compilation.parameter_tensors(observations[0].model),
+            device=self.device,
+        )
         result = optimize(
             batched.step,
             [x0],
@@ -262,6 +273,9 @@ class PixelAttack(Attack):
             description=f"{type(self).__name__} ×{len(observations)}",
             groups=len(observations),
         )
+        runs = len(observations)
+        compile_record = compilation.finished(decision, batched)
+        form = compilation.COMPILED if decision.compiled else compilation.VMAP
         out = []
         for k, obs in enumerate(observations):
             chains = result.best_distance[k * self.restarts:(k + 1) * self.restarts]
@@ -271,12 +285,13 @@ class PixelAttack(Attack):
                 labels=labels[k].cpu(),
                 score=float(chains[best]),
                 history=result.group_history[k] if len(observations) > 1 else result.history,
-                iterations=batched.evaluations // len(observations),
+                iterations=batched.evaluations // runs,
                 interrupted=result.interrupted,
                 extras={
                     "restart": best,
-                    "compile_seconds": 0.0,
-                    "batched": {"runs": len(observations), "position": k, "form": compilation.VMAP},
+                    "compile_seconds": batched.compile_seconds / runs,  # its share, as its attack_seconds
+                    "compile": compile_record,
+                    "batched": {"runs": runs, "position": k, "form": form},
                 },
             ))
         return out
