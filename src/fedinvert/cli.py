@@ -21,20 +21,26 @@ RUN_MODULES = ("torch", "fedinvert.config", "fedinvert.runner")
 """What a command that runs attacks imports before its work (`_preload`)."""
 
 
-def _preload(modules: Sequence[str]) -> None:
+def _preload(modules: Sequence[str], *, freeze: bool = True) -> None:
     """Import ``modules`` with Python's cyclic garbage collector paused, then freeze what exists.
 
     Importing torch and fedinvert leaves about 170,000 long-lived objects, and every full collection walks
     them all: 70-80 ms a pass on a 2-core machine, three passes during a LeNet run's imports. Frozen
     (`gc.freeze`), they sit in a permanent generation that later collections skip; nothing the command
     creates afterwards is exempt. Only the command line does this: a library user's process keeps its own
-    collector settings. docs/speed.md, "Fixed cost".
+    collector settings, and so does a program that calls `main` with its own ``argv`` (``freeze=False``:
+    the modules are imported, the collector left alone), since freezing keeps whatever exists at that moment,
+    garbage included, for the rest of the process. docs/speed.md, "Fixed cost".
 
     Unless the user's environment says otherwise, pydantic's plugins are off
     (``PYDANTIC_DISABLE_PLUGINS=__all__``): looking them up scans every installed distribution's entry points
     (10 ms with 140 installed), and the command line's config checks have no use for them.
     """
     if not modules:
+        return
+    if not freeze:
+        for name in modules:
+            importlib.import_module(name)
         return
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     gc.disable()
@@ -451,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        _preload(getattr(args, "preload", ()))
+        _preload(getattr(args, "preload", ()), freeze=argv is None)  # the program itself, not a caller's main()
         return int(args.func(args))
     except FedinvertError as err:
         print(f"error: {' '.join(str(err).splitlines())}", file=sys.stderr)  # one line, whatever the message

@@ -68,6 +68,29 @@ def test_preload_of_nothing_changes_nothing_and_a_user_setting_is_kept() -> None
     assert seen["after"] == "logfire"
 
 
+def test_a_caller_of_main_keeps_its_collector() -> None:
+    seen = fresh(
+        "import gc, json, os\n"
+        "from fedinvert.cli import _preload, main\n"
+        "_preload(('fractions',), freeze=False)\n"
+        "code = main(['list'])\n"
+        "print(json.dumps({'frozen': gc.get_freeze_count(), 'enabled': gc.isenabled(), 'code': code,\n"
+        "                  'plugins': os.environ.get('PYDANTIC_DISABLE_PLUGINS')}))\n"
+    )
+    assert seen == {"frozen": 0, "enabled": True, "code": 0, "plugins": None}
+
+
+def test_the_program_freezes_its_imports() -> None:
+    seen = fresh(
+        "import gc, json, sys\n"
+        "sys.argv = ['fedinvert', 'list']\n"
+        "from fedinvert.cli import main\n"
+        "code = main()\n"
+        "print(json.dumps({'frozen': gc.get_freeze_count(), 'enabled': gc.isenabled(), 'code': code}))\n"
+    )
+    assert seen["code"] == 0 and seen["enabled"] and seen["frozen"] > 100_000  # torch's objects among them
+
+
 def test_preload_leaves_the_collector_on_when_an_import_fails() -> None:
     seen = fresh(
         "import gc, json\n"
