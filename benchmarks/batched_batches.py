@@ -36,16 +36,50 @@ def observation(name: str, seed: int, batch: int) -> Observation:
                        batch_size=batch, labels=labels)
 
 
-def per_step(step, x: torch.Tensor, steps: int) -> float:
+def per_step(step, x: torch.Tensor, steps: int, device: str = "cpu") -> float:
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     for _ in range(2):
         step([x])
     best = float("inf")
     for _ in range(3):
+        sync()
         start = time.perf_counter()
         for _ in range(steps):
             step([x])
+        sync()
         best = min(best, (time.perf_counter() - start) / steps)
     return best
+
+
+def table(victims: list[str], *, batches: int = 4, batch_size: int = 1, compiled: bool = False,
+          device: str = "cpu") -> list[dict]:
+    """The rows `main` prints, also for `speed.py`'s ``batches`` section (on the GPU there)."""
+    attack = ATTACKS.build("inverting_gradients", iterations=10, device=device)
+    n, b = batches, batch_size
+    print(f"{n} private batches, B = {b}, 32 px, one restart each; best of 3 timings, ms a step (compiled: after"
+          " the first call, which compiles)")
+    print(f"  {'victim':10s} {'form':9s} {'one batch':>10s} {f'{n} batched':>11s} {'ratio':>6s} {f'{n} separate':>12s}")
+    rows = []
+    for name in victims:
+        observations = [observation(name, seed, b) for seed in range(n)]
+        labels = [obs.labels for obs in observations]
+        x = torch.randn(n, b, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+        for compile_step in (False, True) if compiled else (False,):
+            alone = attack.make_matcher(observations[0], labels[0], form="compiled" if compile_step else "eager")
+            one = per_step(alone.step, x[:1], STEPS.get(name, 20), device)
+            matchers = [attack.make_matcher(o, y, form="vmap") for o, y in zip(observations, labels, strict=True)]
+            batched = BatchedMatcher(matchers, labels, restarts=1, distance=attack.distance,
+                                     regularizer=attack.regularizer(observations[0]), compile=compile_step)
+            together = per_step(batched.step, x, STEPS.get(name, 20), device)
+            form = "compiled" if compile_step else "eager"
+            print(f"  {name:10s} {form:9s} {1000 * one:10.2f} {1000 * together:11.2f} {together / one:6.2f}"
+                  f" {1000 * n * one:12.2f}", flush=True)
+            rows.append({"model": name, "form": form, "batches": n, "one_ms": 1000 * one,
+                         "batched_ms": 1000 * together, "ratio": together / one})
+    return rows
 
 
 def main() -> None:
@@ -55,27 +89,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compiled", action="store_true", help="also both compiled (each compiles first)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    attack = ATTACKS.build("inverting_gradients", iterations=10, device="cpu")
-    n, b = args.batches, args.batch_size
-    print(f"{n} private batches, B = {b}, 32 px, one restart each; best of 3 timings, ms a step (compiled: after"
-          " the first call, which compiles)")
-    print(f"  {'victim':10s} {'form':9s} {'one batch':>10s} {f'{n} batched':>11s} {'ratio':>6s} {f'{n} separate':>12s}")
-    for name in args.victims:
-        observations = [observation(name, seed, b) for seed in range(n)]
-        labels = [obs.labels for obs in observations]
-        x = torch.randn(n, b, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        for compiled in (False, True) if args.compiled else (False,):
-            alone = attack.make_matcher(observations[0], labels[0], form="compiled" if compiled else "eager")
-            one = per_step(alone.step, x[:1], STEPS.get(name, 20))
-            matchers = [attack.make_matcher(o, y, form="vmap") for o, y in zip(observations, labels, strict=True)]
-            batched = BatchedMatcher(matchers, labels, restarts=1, distance=attack.distance,
-                                     regularizer=attack.regularizer(observations[0]), compile=compiled)
-            together = per_step(batched.step, x, STEPS.get(name, 20))
-            form = "compiled" if compiled else "eager"
-            print(f"  {name:10s} {form:9s} {1000 * one:10.2f} {1000 * together:11.2f} {together / one:6.2f}"
-                  f" {1000 * n * one:12.2f}")
+    table(args.victims, batches=args.batches, batch_size=args.batch_size, compiled=args.compiled, device=args.device)
 
 
 if __name__ == "__main__":

@@ -268,7 +268,8 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=4, help="restarts of the restart section (4)")
     parser.add_argument("--victims", default="lenet-dlg,convnet,resnet18")
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--sections", default="ig,gifd,restarts,process", help="which tables (all four)")
+    parser.add_argument("--sections", default="ig,gifd,restarts,process",
+                        help="which tables: ig, gifd, restarts, process (the default), and batches")
     parser.add_argument("--gifd-compiled", action="store_true", help="also GIFD compiled (each stage compiles)")
     parser.add_argument("--process-repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the process section runs on the CPU)")
@@ -302,6 +303,12 @@ def main() -> None:
     if "restarts" in sections:
         rows = restart_section(args, victims, prior)
         print(f"wrote {write_csv(rows, csv.with_name(csv.stem + '_restarts.csv'))}")
+    if "batches" in sections:  # a study's private batches in one batch (batched_batches.py)
+        from batched_batches import table
+
+        print("\nPrivate batches in one batch (benchmarks/batched_batches.py):")
+        rows = table(victims, batches=args.restarts, compiled=True, device=args.device)
+        print(f"wrote {write_csv(rows, csv.with_name(csv.stem + '_batches.csv'))}")
     if "process" in sections:
         process_section(args)
 

@@ -122,8 +122,8 @@ fi
 speed_rc=0
 speed_line="left out (GPU_CHECK_SPEED=0)"
 if [ "${GPU_CHECK_SPEED:-1}" != 0 ]; then
-    echo "speed table: benchmarks/speed.py --device cuda, IG, GIFD and restarts (log: $logs/speed.log)"
-    timeout 600 "$py" benchmarks/speed.py --device cuda --sections ig,gifd,restarts --threads "$threads" \
+    echo "speed table: benchmarks/speed.py --device cuda, IG, GIFD, restarts and private batches (log: $logs/speed.log)"
+    timeout 600 "$py" benchmarks/speed.py --device cuda --sections ig,gifd,restarts,batches --threads "$threads" \
         --csv "$logs/speed.csv" >"$logs/speed.log" 2>&1
     speed_rc=$?
     speed_line="$logs/speed.log (exit $speed_rc)"
