@@ -120,27 +120,49 @@ def test_a_recorded_cheap_compilation_is_chosen_and_a_costly_one_is_not() -> Non
     assert decision.predicted_saving_seconds == pytest.approx(4000 * decision.eager_step_seconds * 0.1)
 
 
-def test_several_restarts_run_in_the_faster_uncompiled_form_and_keep_it() -> None:
+def forget_forms(own_cache: Path) -> None:
+    """A fresh process on a fresh machine: no restart form chosen in this process or recorded."""
+    compilation._EAGER_FORM_HERE.clear()
+    (own_cache / compilation.FORMS_NAME).unlink(missing_ok=True)
+
+
+def test_several_restarts_run_in_the_faster_uncompiled_form_and_keep_it(own_cache: Path) -> None:
     chosen, decision, built = decide("false", steps=10, step_seconds=0.02, restarts=4, vmapped_seconds=0.004)
     assert chosen.form == "vmap" and [b.form for b in built] == ["eager", "vmap"] and not decision.compiled
     assert decision.vmapped_step_seconds < decision.looped_step_seconds and decision.form == "vmap"
+    assert decision.form_source == "probed"
     chosen, decision, built = decide("auto", steps=10, step_seconds=0.02, restarts=4, vmapped_seconds=0.004)
     assert [b.form for b in built] == ["vmap"] and decision.looped_step_seconds is None  # kept in this process
-    compilation._EAGER_FORM_HERE.clear()
+    assert decision.form_source == "chosen earlier in this process"
+    forget_forms(own_cache)
     chosen, decision, _ = decide("auto", steps=10, step_seconds=0.004, restarts=4, vmapped_seconds=0.02)
     assert chosen.form == "eager" and decision.form == "eager"  # looping wins on large victims (ResNet-18)
 
 
-def test_a_compiled_step_loops_its_restarts_where_looping_won() -> None:
+def test_the_restart_form_is_recorded_so_later_processes_step_alike(own_cache: Path) -> None:
+    decide("false", steps=10, step_seconds=0.02, restarts=4, vmapped_seconds=0.004)  # vmap probes faster
+    assert compilation.recorded_form("k") == "vmap"
+    compilation._EAGER_FORM_HERE.clear()  # a later process on this machine, where looping now times faster
+    chosen, decision, built = decide("false", steps=10, step_seconds=0.004, restarts=4, vmapped_seconds=0.02)
+    assert chosen.form == "vmap" and [b.form for b in built] == ["vmap"]  # the recorded form, nothing re-probed
+    assert decision.form_source == "recorded on this machine" and decision.looped_step_seconds is None
+    (own_cache / compilation.FORMS_NAME).write_text("{not json")  # a damaged record is probed again
+    compilation._EAGER_FORM_HERE.clear()
+    assert compilation.recorded_form("k") is None
+    chosen, decision, _ = decide("false", steps=10, step_seconds=0.004, restarts=4, vmapped_seconds=0.02)
+    assert chosen.form == "eager" and decision.form_source == "probed" and compilation.recorded_form("k") == "eager"
+
+
+def test_a_compiled_step_loops_its_restarts_where_looping_won(own_cache: Path) -> None:
     compilation.remember("k", 0.5)  # recorded by an earlier process
     compilation._COMPILED_HERE.clear()
     chosen, decision, _ = decide("auto", steps=4000, step_seconds=0.004, restarts=4, vmapped_seconds=0.02)
     assert decision.compiled and chosen.form == decision.form == "compiled_loop"
-    compilation._EAGER_FORM_HERE.clear()
+    forget_forms(own_cache)
     compilation._COMPILED_HERE.clear()
     chosen, decision, _ = decide("auto", steps=4000, step_seconds=0.02, restarts=4, vmapped_seconds=0.004)
     assert decision.compiled and chosen.form == decision.form == "compiled"
-    compilation._EAGER_FORM_HERE.clear()
+    forget_forms(own_cache)
     chosen, decision, built = decide(True, steps=10, step_seconds=0.004, restarts=4, vmapped_seconds=0.02)
     assert chosen.form == decision.form == "compiled_loop" and decision.compiled  # forced, yet the loop won
     assert [b.form for b in built] == ["eager", "vmap", "compiled_loop"]

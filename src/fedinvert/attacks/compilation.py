@@ -63,6 +63,9 @@ WARM_FLOOR_SECONDS = 1.0
 #: run, 5 % of a 60-step GIFD stage (each stage probes; with several restarts both uncompiled forms are probed)
 PROBE_STEPS = 2
 RECORD_NAME = "fedinvert-compile-seconds.json"
+FORMS_NAME = "fedinvert-restart-forms.json"
+"""Beside the compile record: the uncompiled form (looped or vmapped restarts) each step's first probe on this
+machine chose, so every later run of it steps the same way and gives the same numbers (`_fastest_eager`)."""
 SETTINGS = ("auto", "true", "false")
 
 
@@ -112,6 +115,7 @@ class CompileDecision:
     form: str = EAGER  # the step's form: eager (restarts looped), vmap, compiled or compiled_loop
     looped_step_seconds: float | None = None  # the probe's two uncompiled forms, when restarts > 1
     vmapped_step_seconds: float | None = None
+    form_source: str | None = None  # restarts > 1: probed, recorded on this machine, or chosen in this process
     step_ratio: float | None = None  # compiled / eager step the prediction assumed
     compile_seconds: float | None = None  # measured, when it compiled
     measured_step_ratio: float | None = None  # compiled step (measured over the run) / probed eager step
@@ -159,6 +163,35 @@ def _read_records() -> dict[str, dict[str, float]]:
             if "seconds" in kept:
                 records[key] = kept
     return records
+
+
+def recorded_form(key: str) -> str | None:
+    """The restart form (`EAGER` or `VMAP`) recorded for ``key`` on this machine, or None."""
+    try:
+        data = json.loads((inductor_cache_dir() / FORMS_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    form = data.get(key) if isinstance(data, dict) else None
+    return form if form in (EAGER, VMAP) else None
+
+
+def remember_form(key: str, form: str) -> None:
+    """Record ``form`` as ``key``'s restart form on this machine (atomically; a failure only logs)."""
+    path = inductor_cache_dir() / FORMS_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    data[key] = form
+    from fedinvert.sweep.store import atomic_write
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
+    except OSError as err:
+        log.debug("could not record the restart form in %s: %s", path, err)
 
 
 def recorded(key: str) -> dict[str, float]:
@@ -308,8 +341,9 @@ def choose(
     With ``try_vmap`` (a search of several restarts), the uncompiled step runs looped (`EAGER`) or vmapped
     (`VMAP`), whichever its probe finds faster: vmap batches the restarts through the victim but computes
     per-restart parameter gradients, which wins on small victims (DLG's LeNet: 4 restarts 2.8 × one, looped
-    4 ×) and loses on large ones (ResNet-18: 5.8 ×). The choice is kept per key for the rest of the process,
-    and a compiled step follows it (`COMPILED_LOOP` where looping won).
+    4 ×) and loses on large ones (ResNet-18: 5.8 ×). The choice is kept per key for the rest of the process and
+    recorded on this machine (`FORMS_NAME`, beside the compile record), so later runs of the same step take the
+    same form and give the same numbers; a compiled step follows it (`COMPILED_LOOP` where looping won).
 
     Args:
         setting: ``attack.compile``.
@@ -399,6 +433,10 @@ def _fastest_eager(
         return eager, decision
     identity = key()
     known = _EAGER_FORM_HERE.get(identity)
+    decision.form_source = "chosen earlier in this process"
+    if known is None:
+        known = recorded_form(identity)
+        decision.form_source = "recorded on this machine"
     timings: dict[str, tuple[T, float]] = {}
     for form in (EAGER, VMAP) if known is None else (known,):
         built = build(form)
@@ -407,7 +445,9 @@ def _fastest_eager(
     _EAGER_FORM_HERE[identity] = form
     decision.form, decision.eager_step_seconds = form, timings[form][1]
     if known is None:
+        decision.form_source = "probed"
         decision.looped_step_seconds, decision.vmapped_step_seconds = timings[EAGER][1], timings[VMAP][1]
+        remember_form(identity, form)  # later runs step alike, so the same config gives the same numbers here
     return timings[form][0], decision
 
 
