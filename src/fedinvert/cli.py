@@ -355,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--threads", type=int, help="torch CPU threads per run (default: cores / jobs)")
     sweep.add_argument("--full", action="store_true", help="the study's paper-scale settings (its full: section)")
     sweep.add_argument("--batch", type=int, default=1,
-                       help="run up to N runs that differ only in their seed as one batched attack (local executor;"
-                            " Inverting Gradients on plain gradients)")
+                       help="run up to N runs that differ only in the study's replicates (its private batches) as"
+                            " one batched attack (local executor; Inverting Gradients on plain gradients)")
     sweep.add_argument("--dry-run", action="store_true", help="check the study and print its size; run nothing")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.set_defaults(func=cmd_sweep, preload=RUN_MODULES)

@@ -804,15 +804,24 @@ def _finish(prepared: _Prepared, rec: Reconstruction, *, wall: float, determinis
     return RunResult(config=cfg, metrics=metrics, reconstruction=rec, scenario=scenario, run_info=run_info)
 
 
-def batch_key(cfg: dict[str, Any]) -> str:
-    """What runs must share to run as one batched attack (`run_batched`): everything but seed and folder."""
-    return json.dumps({k: v for k, v in cfg.items() if k not in ("seed", "out", "overwrite", "progress")},
-                      sort_keys=True, default=str)
+def batch_key(cfg: dict[str, Any], varying: Sequence[str] = ("seed",)) -> str:
+    """What runs must share to run as one batched attack (`run_batched`): everything but the ``varying``
+    (dotted) keys, which index the private batches (a study's replicates), and the run's folder."""
+    kept = json.loads(json.dumps(cfg, default=str))
+    for dotted in (*varying, "out", "overwrite", "progress"):
+        *parents, leaf = dotted.split(".")
+        node = kept
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return json.dumps(kept, sort_keys=True)
 
 
-def run_batched(cfgs: Sequence[dict[str, Any]], *, argv: list[str] | None = None,
-                measure: bool = True) -> list[RunResult | Exception]:
-    """`run` for several configs that differ only in their seed, their attacks as one batch where they can be.
+def run_batched(cfgs: Sequence[dict[str, Any]], *, argv: list[str] | None = None, measure: bool = True,
+                varying: Sequence[str] = ("seed",)) -> list[RunResult | Exception]:
+    """`run` for several configs that differ only in the ``varying`` keys (their seed, or whichever keys index
+    a study's private batches), their attacks as one batch where they can be.
 
     Each run is checked, reserves its folder and builds its scenario as `run` does; one whose config or data
     fails gets its exception in the returned list and the others go on. When the attack can batch the rest
@@ -825,8 +834,8 @@ def run_batched(cfgs: Sequence[dict[str, Any]], *, argv: list[str] | None = None
     batches whatever can be batched).
     Ctrl-C discards the reserved folders of the runs not written yet and propagates.
     """
-    if len({batch_key(cfg) for cfg in cfgs}) > 1:
-        raise ConfigError("run_batched takes configs that differ only in seed and out")
+    if len({batch_key(cfg, varying) for cfg in cfgs}) > 1:
+        raise ConfigError(f"run_batched takes configs that differ only in {', '.join(varying)} and out")
     results: list[RunResult | Exception | None] = [None] * len(cfgs)
     live: list[tuple[int, _Prepared, OutputTarget]] = []
     try:

@@ -174,3 +174,15 @@ def test_a_compiled_batched_step_follows_the_uncompiled_one() -> None:
         assert c.extras["batched"]["form"] == "compiled" and e.extras["batched"]["form"] == "vmap"
         assert c.extras["compile"]["compiled"] and c.extras["compile_seconds"] > 0
         assert float((c.images - e.images).abs().max()) < 1e-3
+
+
+def test_runs_that_differ_in_their_images_batch_when_those_are_the_replicates(tmp_path: Path) -> None:
+    cfgs = [resolve_config(["attack=inverting_gradients", "model=lenet-dlg", "dataset=photos", "image_size=16",
+                            "batch_size=1", "attack.iterations=5", "attack.compile=false", "device=cpu",
+                            "progress=false", f"dataset.indices=[{i}]", f"out={tmp_path / f'run{i}'}"])
+            for i in (0, 3)]
+    with pytest.raises(Exception, match="differ only in seed"):
+        run_batched(cfgs, argv=["test"], measure=False)
+    results = run_batched(cfgs, argv=["test"], measure=False, varying=("dataset.indices",))
+    assert [r.run_info["attack_details"]["batched"]["runs"] for r in results] == [2, 2]
+    assert [r.scenario.info["data"]["indices"] for r in results] == [[0], [3]]

@@ -270,6 +270,9 @@ def test_group_tasks_and_the_batch_flag(tmp_path, capsys):
     tasks = [task(0, 0), task(1, 1), task(2, 0, lr=0.2), task(3, 2), task(4, 3), task(5, 1, lr=0.2)]
     assert [[t.id for t in g] for g in group_tasks(tasks, 3)] == [["0", "1", "3"], ["2", "5"], ["4"]]
     assert [[t.id for t in g] for g in group_tasks(tasks, 1)] == [[str(i)] for i in range(6)]
+    indexed = [Task(str(i), {"seed": 0, "dataset": {"name": "photos", "indices": [i]}}, []) for i in range(3)]
+    assert len(group_tasks(indexed, 4)) == 3  # they differ in dataset.indices, not in their seed
+    assert [[t.id for t in g] for g in group_tasks(indexed, 4, ("dataset.indices",))] == [["0", "1", "2"]]
     study = write_study(tmp_path, "axes: {seed: [0, 1]}\n")
     with pytest.raises(ConfigError, match="--batch must be a whole number"):
         plan_sweep(study, out=str(tmp_path / "x"), batch=0)

@@ -73,8 +73,9 @@ def plan_sweep(study_file: str | Path, *, out: str | None, executor: str = "loca
                overrides: Sequence[str] = (), command: Sequence[str] = (), batch: int = 1) -> SweepPlan:
     """Every check a sweep makes before any work: the study, each run's configuration, the folder, the executor.
 
-    ``batch`` > 1 runs up to that many runs that differ only in their seed (a cell's replicates: its private
-    batches) as one batched attack where the attack allows it (`fedinvert.runner.run_batched`); local executor.
+    ``batch`` > 1 runs up to that many runs that differ only in the study's replicate axes (a cell's private
+    batches; ``seed`` by default) as one batched attack where the attack allows it
+    (`fedinvert.runner.run_batched`); local executor.
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"--batch must be a whole number ≥ 1, got {batch!r}")
@@ -152,7 +153,8 @@ def run_sweep(plan: SweepPlan, *, progress: bool = True) -> SweepSummary:
         if plan.executor == "ray":
             outcomes = run_ray(tasks, runs_dir, jobs=plan.jobs, threads=plan.threads, address=plan.address)
         else:
-            outcomes = run_local(tasks, runs_dir, jobs=plan.jobs, threads=plan.threads, batch=plan.batch)
+            outcomes = run_local(tasks, runs_dir, jobs=plan.jobs, threads=plan.threads, batch=plan.batch,
+                                 varying=plan.study.replicates or ("seed",))
         bar = tqdm(total=len(plan.runs), initial=summary.already, unit="run", disable=not progress,
                    desc=plan.study.name, dynamic_ncols=True)
         try:

@@ -75,9 +75,10 @@ def execute(task: Task, folder: Path, threads: int | None = None) -> Outcome:
     return Outcome(task.id, "ok", metrics=metrics, worker=worker)
 
 
-def execute_group(tasks: Sequence[Task], runs_dir: Path, threads: int | None = None) -> list[Outcome]:
-    """`execute` for runs that differ only in their seed, as one batched attack where it can
-    (`fedinvert.runner.run_batched`); one outcome per task, in order."""
+def execute_group(tasks: Sequence[Task], runs_dir: Path, threads: int | None = None,
+                  varying: Sequence[str] = ("seed",)) -> list[Outcome]:
+    """`execute` for runs that differ only in the ``varying`` keys (a study's replicates), as one batched attack
+    where it can (`fedinvert.runner.run_batched`); one outcome per task, in order."""
     if len(tasks) == 1:
         return [execute(tasks[0], runs_dir / tasks[0].id, threads)]
     import torch
@@ -89,7 +90,7 @@ def execute_group(tasks: Sequence[Task], runs_dir: Path, threads: int | None = N
     cfgs = [dict(t.config, out=str(runs_dir / t.id), overwrite=True, progress=False) for t in tasks]
     worker = f"{os.uname().nodename}:{os.getpid()}" if hasattr(os, "uname") else str(os.getpid())
     try:
-        results = run_batched(cfgs, argv=tasks[0].argv)
+        results = run_batched(cfgs, argv=tasks[0].argv, varying=varying)
     except KeyboardInterrupt:
         return [Outcome(t.id, "interrupted", worker=worker) for t in tasks]
     except Exception as err:  # the group as a whole failed (not one run of it): each is recorded with it
@@ -106,9 +107,10 @@ def execute_group(tasks: Sequence[Task], runs_dir: Path, threads: int | None = N
     return outcomes
 
 
-def group_tasks(tasks: Sequence[Task], batch: int) -> list[list[Task]]:
-    """``tasks`` in groups of up to ``batch`` that differ only in their seed (`fedinvert.runner.batch_key`),
-    in the order of each group's first task; ``batch`` = 1 leaves every task alone."""
+def group_tasks(tasks: Sequence[Task], batch: int, varying: Sequence[str] = ("seed",)) -> list[list[Task]]:
+    """``tasks`` in groups of up to ``batch`` that differ only in the ``varying`` keys
+    (`fedinvert.runner.batch_key`), in the order of each group's first task; ``batch`` = 1 leaves every task
+    alone."""
     if batch <= 1:
         return [[t] for t in tasks]
     from fedinvert.runner import batch_key
@@ -116,7 +118,7 @@ def group_tasks(tasks: Sequence[Task], batch: int) -> list[list[Task]]:
     open_groups: dict[str, list[Task]] = {}
     groups: list[list[Task]] = []
     for task in tasks:
-        key = batch_key(task.config)
+        key = batch_key(task.config, varying)
         group = open_groups.get(key)
         if group is None or len(group) >= batch:
             group = open_groups[key] = []
@@ -158,13 +160,13 @@ def unpack(packed: bytes, folder: Path) -> None:
 
 
 def run_local(tasks: Sequence[Task], runs_dir: Path, *, jobs: int, threads: int | None,
-              batch: int = 1) -> Iterator[Outcome]:
+              batch: int = 1, varying: Sequence[str] = ("seed",)) -> Iterator[Outcome]:
     """Outcomes as they finish: in this process for one job, else in ``jobs`` spawned processes; with ``batch``
-    > 1, runs that differ only in their seed go together (`group_tasks`, `execute_group`)."""
-    groups = group_tasks(tasks, batch)
+    > 1, runs that differ only in the ``varying`` keys go together (`group_tasks`, `execute_group`)."""
+    groups = group_tasks(tasks, batch, varying)
     if jobs == 1:
         for group in groups:
-            outcomes = execute_group(group, runs_dir, threads)
+            outcomes = execute_group(group, runs_dir, threads, varying)
             yield from outcomes
             if any(o.status == "interrupted" for o in outcomes):
                 raise KeyboardInterrupt
@@ -177,7 +179,7 @@ def run_local(tasks: Sequence[Task], runs_dir: Path, *, jobs: int, threads: int 
         while queue or futures:
             while queue and len(futures) < 2 * jobs:  # a short queue: Ctrl-C leaves little to cancel
                 group = queue.pop(0)
-                futures[pool.submit(execute_group, group, runs_dir, per_job)] = group
+                futures[pool.submit(execute_group, group, runs_dir, per_job, varying)] = group
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in done:
                 group = futures.pop(future)
