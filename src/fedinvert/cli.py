@@ -36,20 +36,16 @@ def _preload(modules: Sequence[str], *, freeze: bool = True) -> None:
     (``PYDANTIC_DISABLE_PLUGINS=__all__``): looking them up scans every installed distribution's entry points
     (10 ms with 140 installed), and the command line's config checks have no use for them.
     """
-    if not modules:
-        return
-    if not freeze:
-        for name in modules:
-            importlib.import_module(name)
-        return
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    gc.disable()
+    if freeze and modules:
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+        gc.disable()
     try:
         for name in modules:
             importlib.import_module(name)
     finally:
-        gc.freeze()
-        gc.enable()
+        if freeze and modules:
+            gc.freeze()
+            gc.enable()
 
 
 def _registries() -> dict[str, object]:

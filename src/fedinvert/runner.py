@@ -762,7 +762,12 @@ def _prepare(cfg: dict[str, Any]) -> _Prepared:
 
 def _execute(cfg: dict[str, Any], *, argv: list[str] | None) -> RunResult:
     """Scenario, attack and evaluation of `run` (the config already checked); nothing is written here."""
-    prepared = _prepare(cfg)
+    return _attack(_prepare(cfg), argv=argv)
+
+
+def _attack(prepared: _Prepared, *, argv: list[str] | None) -> RunResult:
+    """The prepared run's attack under the determinism policy, then its evaluation and record."""
+    cfg = prepared.cfg
     rng = generator(int(cfg["seed"]), "attack")
     with determinism.policy(prepared.device, seed=int(cfg["seed"])) as determinism_record:  # docs/determinism.md
         t1 = time.perf_counter()
@@ -882,13 +887,8 @@ def run_batched(cfgs: Sequence[dict[str, Any]], *, argv: list[str] | None = None
 
 def _attack_one(prepared: _Prepared, target: OutputTarget, argv: list[str] | None,
                 note: dict[str, Any] | None = None) -> RunResult:
-    cfg = prepared.cfg
     try:
-        with determinism.policy(prepared.device, seed=int(cfg["seed"])) as record:
-            t1 = time.perf_counter()
-            rec = prepared.attack.reconstruct(prepared.scenario.observation, rng=generator(int(cfg["seed"]), "attack"))
-            wall = time.perf_counter() - t1
-        result = _finish(prepared, rec, wall=wall, determinism_record=record, argv=argv)
+        result = _attack(prepared, argv=argv)
         if note is not None:  # asked to batch with others, and why it ran alone
             result.run_info["batched"] = note
     except BaseException:

@@ -200,6 +200,17 @@ class Adam:
             p.addcdiv_(m, denom, value=-(lr * factor) / bias1)
 
 
+def _entry(step: int, seconds: float, loss: Tensor, dist: Tensor, best_distance: Tensor) -> dict[str, Any]:
+    """A history entry of `optimize`: the least loss, distance and best distance over the given restarts."""
+    return {
+        "step": step,
+        "loss": loss.min().item(),
+        "distance": dist.min().item(),
+        "best_distance": best_distance.min().item(),
+        "seconds": seconds,
+    }
+
+
 def optimize(
     step: Callable[[Sequence[Tensor]], tuple[tuple[Tensor, ...], Tensor, Tensor]],
     variables: Sequence[Tensor],
@@ -262,25 +273,13 @@ def optimize(
                     project(leaves)
             done = it + 1
             if done % log_every == 0 or done == iterations:
-                entry = {
-                    "step": done,
-                    "loss": loss.min().item(),
-                    "distance": dist.min().item(),
-                    "best_distance": best_distance.min().item(),
-                    "seconds": time.perf_counter() - start,
-                }
-                history.append(entry)
+                seconds = time.perf_counter() - start
+                history.append(_entry(done, seconds, loss, dist, best_distance))
                 for k, log_k in enumerate(group_history):
                     part = slice(k * restarts // groups, (k + 1) * restarts // groups)
-                    log_k.append({
-                        "step": done,
-                        "loss": loss[part].min().item(),
-                        "distance": dist[part].min().item(),
-                        "best_distance": best_distance[part].min().item(),
-                        "seconds": entry["seconds"],
-                    })
+                    log_k.append(_entry(done, seconds, loss[part], dist[part], best_distance[part]))
                 bar.update(done - bar.n)
-                bar.set_postfix(distance=f"{entry['best_distance']:.4g}")
+                bar.set_postfix(distance=f"{history[-1]['best_distance']:.4g}")
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted after %d steps; returning the best result so far", done)

@@ -146,15 +146,30 @@ def record_path() -> Path:
     return inductor_cache_dir() / RECORD_NAME
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; empty when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict[str, Any], what: str) -> None:
+    """Write ``data`` to ``path`` atomically; a failure only logs (a record is an optimisation)."""
+    from fedinvert.sweep.store import atomic_write
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
+    except OSError as err:
+        log.debug("could not record the %s in %s: %s", what, path, err)
+
+
 def _read_records() -> dict[str, dict[str, float]]:
     """key -> {"seconds": compile seconds, "ratio": compiled / eager step (when measured)}; damaged entries are
     left out."""
-    try:
-        data = json.loads(record_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
+    data = _read_json(record_path())
     records = {}
     for key, entry in data.items():
         if isinstance(entry, dict):
@@ -167,31 +182,14 @@ def _read_records() -> dict[str, dict[str, float]]:
 
 def recorded_form(key: str) -> str | None:
     """The restart form (`EAGER` or `VMAP`) recorded for ``key`` on this machine, or None."""
-    try:
-        data = json.loads((inductor_cache_dir() / FORMS_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    form = data.get(key) if isinstance(data, dict) else None
+    form = _read_json(inductor_cache_dir() / FORMS_NAME).get(key)
     return form if form in (EAGER, VMAP) else None
 
 
 def remember_form(key: str, form: str) -> None:
     """Record ``form`` as ``key``'s restart form on this machine (atomically; a failure only logs)."""
     path = inductor_cache_dir() / FORMS_NAME
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
-    data[key] = form
-    from fedinvert.sweep.store import atomic_write
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
-    except OSError as err:
-        log.debug("could not record the restart form in %s: %s", path, err)
+    _write_json(path, {**_read_json(path), key: form}, "restart form")
 
 
 def recorded(key: str) -> dict[str, float]:
@@ -231,18 +229,11 @@ def remember_ratio(key: str, ratio: float) -> None:
 
 
 def _update(key: str, *, existing_only: bool = False, **fields: float) -> None:
-    path = record_path()
     records = _read_records()
     if existing_only and key not in records:
         return
     records[key] = {**records.get(key, {}), **fields}
-    from fedinvert.sweep.store import atomic_write
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(records, indent=1, sort_keys=True))
-    except OSError as err:
-        log.debug("could not record the compile time in %s: %s", path, err)
+    _write_json(record_path(), records, "compile time")
 
 
 class CompileClock:

@@ -53,26 +53,41 @@ def _one_line(err: BaseException) -> str:
     return text if isinstance(err, FedinvertError) else f"{type(err).__name__}: {text}".rstrip(": ")
 
 
-def execute(task: Task, folder: Path, threads: int | None = None) -> Outcome:
-    """Run ``task`` into ``folder`` (replacing an interrupted run folder left there) and read its metrics back."""
+def _worker(threads: int | None) -> str:
+    """This worker's name (node:pid), after setting its torch CPU threads."""
     import torch
-
-    from fedinvert.runner import run
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = dict(task.config, out=str(folder), overwrite=True, progress=False)
-    worker = f"{os.uname().nodename}:{os.getpid()}" if hasattr(os, "uname") else str(os.getpid())
-    try:
-        result = run(cfg, argv=task.argv)
-    except KeyboardInterrupt:
-        return Outcome(task.id, "interrupted", worker=worker)
-    except Exception as err:  # a failing run is recorded with its error; the sweep goes on
-        return Outcome(task.id, "failed", error=_one_line(err), worker=worker)
+    return f"{os.uname().nodename}:{os.getpid()}" if hasattr(os, "uname") else str(os.getpid())
+
+
+def _run_config(task: Task, folder: Path) -> dict[str, Any]:
+    return dict(task.config, out=str(folder), overwrite=True, progress=False)
+
+
+def _outcome(task: Task, result: Any, folder: Path, worker: str) -> Outcome:
+    """A run's outcome from what `run` returned or raised (an exception: a failed run)."""
+    if isinstance(result, Exception):
+        return Outcome(task.id, "failed", error=_one_line(result), worker=worker)
     if result.reconstruction.interrupted:
         return Outcome(task.id, "interrupted", worker=worker)
     metrics = json.loads((folder / "metrics.json").read_text())
     return Outcome(task.id, "ok", metrics=metrics, worker=worker)
+
+
+def execute(task: Task, folder: Path, threads: int | None = None) -> Outcome:
+    """Run ``task`` into ``folder`` (replacing an interrupted run folder left there) and read its metrics back."""
+    from fedinvert.runner import run
+
+    worker = _worker(threads)
+    try:
+        result = run(_run_config(task, folder), argv=task.argv)
+    except KeyboardInterrupt:
+        return Outcome(task.id, "interrupted", worker=worker)
+    except Exception as err:  # a failing run is recorded with its error; the sweep goes on
+        return _outcome(task, err, folder, worker)
+    return _outcome(task, result, folder, worker)
 
 
 def execute_group(tasks: Sequence[Task], runs_dir: Path, threads: int | None = None,
@@ -81,30 +96,16 @@ def execute_group(tasks: Sequence[Task], runs_dir: Path, threads: int | None = N
     where it can (`fedinvert.runner.run_batched`); one outcome per task, in order."""
     if len(tasks) == 1:
         return [execute(tasks[0], runs_dir / tasks[0].id, threads)]
-    import torch
-
     from fedinvert.runner import run_batched
 
-    if threads:
-        torch.set_num_threads(threads)
-    cfgs = [dict(t.config, out=str(runs_dir / t.id), overwrite=True, progress=False) for t in tasks]
-    worker = f"{os.uname().nodename}:{os.getpid()}" if hasattr(os, "uname") else str(os.getpid())
+    worker = _worker(threads)
     try:
-        results = run_batched(cfgs, argv=tasks[0].argv, varying=varying)
+        results = run_batched([_run_config(t, runs_dir / t.id) for t in tasks], argv=tasks[0].argv, varying=varying)
     except KeyboardInterrupt:
         return [Outcome(t.id, "interrupted", worker=worker) for t in tasks]
     except Exception as err:  # the group as a whole failed (not one run of it): each is recorded with it
-        return [Outcome(t.id, "failed", error=_one_line(err), worker=worker) for t in tasks]
-    outcomes = []
-    for task, result in zip(tasks, results, strict=True):
-        if isinstance(result, Exception):
-            outcomes.append(Outcome(task.id, "failed", error=_one_line(result), worker=worker))
-        elif result.reconstruction.interrupted:
-            outcomes.append(Outcome(task.id, "interrupted", worker=worker))
-        else:
-            metrics = json.loads((runs_dir / task.id / "metrics.json").read_text())
-            outcomes.append(Outcome(task.id, "ok", metrics=metrics, worker=worker))
-    return outcomes
+        results = [err] * len(tasks)
+    return [_outcome(t, r, runs_dir / t.id, worker) for t, r in zip(tasks, results, strict=True)]
 
 
 def group_tasks(tasks: Sequence[Task], batch: int, varying: Sequence[str] = ("seed",)) -> list[list[Task]]:

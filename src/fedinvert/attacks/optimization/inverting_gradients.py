@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from fedinvert.attacks import compilation
-from fedinvert.attacks.base import ATTACKS, Attack, batch_size_of, optimize
+from fedinvert.attacks.base import ATTACKS, Attack, LoopResult, batch_size_of, optimize
 from fedinvert.attacks.labels import infer_labels
 from fedinvert.attacks.objectives import (
     BATCHED_DISTANCES,
@@ -144,7 +144,7 @@ class PixelAttack(Attack):
         self, obs: Observation, *, rng: torch.Generator | None = None, progress: bool = False
     ) -> Reconstruction:
         size = batch_size_of(obs)
-        labels = infer_labels(obs, method=self.labels, batch_size=size).to(self.device)
+        (labels,) = self._labels([obs])
         x0 = random_inputs(obs, (self.restarts, size, *obs.image_shape), rng, self.device, self.init)
         matcher, decision = compilation.choose(
             self.compile,
@@ -156,18 +156,7 @@ class PixelAttack(Attack):
             device=self.device,
             try_vmap=self.restarts > 1,
         )
-        result = optimize(
-            self.make_step(matcher, x0),
-            [x0],
-            iterations=self.iterations,
-            lr=self.lr,
-            schedule=self.schedule,
-            signed=self.signed,
-            project=box_projection(obs, self.device) if self.boxed else None,
-            log_every=self.log_every,
-            progress=progress,
-            description=type(self).__name__,
-        )
+        result = self._search(self.make_step(matcher, x0), x0, obs, progress=progress)
         best = int(torch.argmin(result.best_distance))
         images = obs.denormalize(result.best[0][best]).clamp(0, 1).detach().cpu()
         return Reconstruction(
@@ -184,6 +173,27 @@ class PixelAttack(Attack):
             },
         )
 
+    def _labels(self, observations: Sequence[Observation]) -> list[Tensor]:
+        """Each observation's labels for the attack (`infer_labels` with ``attack.labels``), on its device."""
+        return [infer_labels(obs, method=self.labels, batch_size=batch_size_of(obs)).to(self.device)
+                for obs in observations]
+
+    def _search(self, step: StepFunction, x0: Tensor, obs: Observation, *, progress: bool,
+                groups: int = 1) -> LoopResult:
+        """`optimize` with this attack's settings from ``x0`` (``groups`` observations' chains, in order)."""
+        return optimize(
+            step,
+            [x0],
+            iterations=self.iterations,
+            lr=self.lr,
+            schedule=self.schedule,
+            signed=self.signed,
+            project=box_projection(obs, self.device) if self.boxed else None,
+            log_every=self.log_every,
+            progress=progress,
+            description=type(self).__name__ if groups == 1 else f"{type(self).__name__} ×{groups}",
+            groups=groups,
+        )
 
     def batch_refusal(self, observations: Sequence[Observation]) -> str | None:
         """Why ``observations`` cannot run as one batched attack (`reconstruct_batched`); None when they can."""
@@ -217,7 +227,7 @@ class PixelAttack(Attack):
         (eager, as separate uncompiled runs step), each timed as `compilation`'s probe does (one untimed
         step, then the mean of two) on random starts that draw from no run's generator."""
         size = batch_size_of(observations[0])
-        labels = [infer_labels(obs, method=self.labels, batch_size=size).to(self.device) for obs in observations]
+        labels = self._labels(observations)
         start = torch.randn((len(observations) * self.restarts, size, *observations[0].image_shape),
                             generator=torch.Generator().manual_seed(0)).to(self.device)
         batched = self._batched_matcher(observations, labels)
@@ -247,7 +257,7 @@ class PixelAttack(Attack):
             raise ValueError(f"these observations cannot run as one batch: {reason}")
         size = batch_size_of(observations[0])
         shape = (self.restarts, size, *observations[0].image_shape)
-        labels = [infer_labels(obs, method=self.labels, batch_size=size).to(self.device) for obs in observations]
+        labels = self._labels(observations)
         x0 = torch.cat([random_inputs(obs, shape, rng, self.device, self.init)
                         for obs, rng in zip(observations, rngs, strict=True)])
         batched, decision = compilation.choose(
@@ -260,20 +270,8 @@ class PixelAttack(Attack):
             tensors=lambda: compilation.parameter_tensors(observations[0].model),
             device=self.device,
         )
-        result = optimize(
-            batched.step,
-            [x0],
-            iterations=self.iterations,
-            lr=self.lr,
-            schedule=self.schedule,
-            signed=self.signed,
-            project=box_projection(observations[0], self.device) if self.boxed else None,
-            log_every=self.log_every,
-            progress=progress,
-            description=f"{type(self).__name__} ×{len(observations)}",
-            groups=len(observations),
-        )
         runs = len(observations)
+        result = self._search(batched.step, x0, observations[0], progress=progress, groups=runs)
         compile_record = compilation.finished(decision, batched)
         form = compilation.COMPILED if decision.compiled else compilation.VMAP
         out = []
@@ -284,7 +282,7 @@ class PixelAttack(Attack):
                 images=obs.denormalize(result.best[0][k * self.restarts + best]).clamp(0, 1).detach().cpu(),
                 labels=labels[k].cpu(),
                 score=float(chains[best]),
-                history=result.group_history[k] if len(observations) > 1 else result.history,
+                history=result.group_history[k] if runs > 1 else result.history,
                 iterations=batched.evaluations // runs,
                 interrupted=result.interrupted,
                 extras={
