@@ -32,6 +32,7 @@ class Built:
 
     def __init__(self, form: str) -> None:
         self.form = form
+        self.grouped_refusal: str | None = None
         self.compiled = form in (compilation.COMPILED, compilation.COMPILED_LOOP)
         self.calls = 0
         self.clock = compilation.CompileClock(torch.device("cpu")) if self.compiled else None
@@ -48,15 +49,19 @@ class Built:
 
 
 def decide(setting: bool | str, *, steps: int, step_seconds: float, tensors: int = 10, restarts: int = 1,
-           vmapped_seconds: float | None = None):
+           vmapped_seconds: float | None = None, grouped_seconds: float | None = None):
+    """``choose`` over stand-ins; the grouped form refuses (as for a victim it cannot group) unless timed."""
     built: list[Built] = []
 
     def build(form: str) -> Built:
         built.append(Built(form))
+        if form == compilation.GROUPED and grouped_seconds is None:
+            built[-1].grouped_refusal = "a stand-in without a grouped form"
         return built[-1]
 
     def probe(b: Built) -> None:
-        b.step(vmapped_seconds if b.form == compilation.VMAP and vmapped_seconds is not None else step_seconds)
+        seconds = {compilation.VMAP: vmapped_seconds, compilation.GROUPED: grouped_seconds}.get(b.form)
+        b.step(step_seconds if seconds is None else seconds)
 
     chosen, decision = compilation.choose(
         setting, steps=steps, build=build, probe=probe, key=lambda: "k", tensors=lambda: tensors,
@@ -128,9 +133,10 @@ def forget_forms(own_cache: Path) -> None:
 
 def test_several_restarts_run_in_the_faster_uncompiled_form_and_keep_it(own_cache: Path) -> None:
     chosen, decision, built = decide("false", steps=10, step_seconds=0.02, restarts=4, vmapped_seconds=0.004)
-    assert chosen.form == "vmap" and [b.form for b in built] == ["eager", "vmap"] and not decision.compiled
+    assert chosen.form == "vmap" and [b.form for b in built] == ["eager", "vmap", "grouped"]
     assert decision.vmapped_step_seconds < decision.looped_step_seconds and decision.form == "vmap"
-    assert decision.form_source == "probed"
+    assert decision.form_source == "probed" and not decision.compiled
+    assert decision.grouped_step_seconds is None and decision.grouped_refusal == "a stand-in without a grouped form"
     chosen, decision, built = decide("auto", steps=10, step_seconds=0.02, restarts=4, vmapped_seconds=0.004)
     assert [b.form for b in built] == ["vmap"] and decision.looped_step_seconds is None  # kept in this process
     assert decision.form_source == "chosen earlier in this process"
@@ -153,6 +159,27 @@ def test_the_restart_form_is_recorded_so_later_processes_step_alike(own_cache: P
     assert chosen.form == "eager" and decision.form_source == "probed" and compilation.recorded_form("k") == "eager"
 
 
+def test_the_grouped_form_is_probed_beside_the_others_and_a_refused_one_never_chosen(own_cache: Path) -> None:
+    chosen, decision, built = decide("false", steps=10, step_seconds=0.02, restarts=4, vmapped_seconds=0.012,
+                                     grouped_seconds=0.004)
+    assert chosen.form == decision.form == "grouped" and [b.form for b in built] == ["eager", "vmap", "grouped"]
+    assert decision.grouped_step_seconds < decision.vmapped_step_seconds < decision.looped_step_seconds
+    assert decision.grouped_refusal is None and compilation.recorded_form("k") == "grouped"
+    compilation._EAGER_FORM_HERE.clear()  # a later process takes the recorded grouped form, probing only it
+    chosen, decision, built = decide("false", steps=10, step_seconds=0.02, restarts=4, grouped_seconds=0.004)
+    assert chosen.form == "grouped" and [b.form for b in built] == ["grouped"]
+    compilation._EAGER_FORM_HERE.clear()  # recorded grouped, refused now (say, a changed victim): looped instead
+    chosen, decision, built = decide("false", steps=10, step_seconds=0.02, restarts=4)
+    assert chosen.form == "eager" and [b.form for b in built] == ["grouped", "eager"]
+    assert decision.grouped_refusal == "a stand-in without a grouped form"
+    forget_forms(own_cache)
+    compilation.remember("k", 0.5)
+    compilation._COMPILED_HERE.clear()
+    chosen, decision, _ = decide("auto", steps=4000, step_seconds=0.02, restarts=4, vmapped_seconds=0.03,
+                                 grouped_seconds=0.004)
+    assert decision.compiled and chosen.form == "compiled"  # grouping won: batching pays, the compiled step vmaps
+
+
 def test_a_compiled_step_loops_its_restarts_where_looping_won(own_cache: Path) -> None:
     compilation.remember("k", 0.5)  # recorded by an earlier process
     compilation._COMPILED_HERE.clear()
@@ -165,7 +192,7 @@ def test_a_compiled_step_loops_its_restarts_where_looping_won(own_cache: Path) -
     forget_forms(own_cache)
     chosen, decision, built = decide(True, steps=10, step_seconds=0.004, restarts=4, vmapped_seconds=0.02)
     assert chosen.form == decision.form == "compiled_loop" and decision.compiled  # forced, yet the loop won
-    assert [b.form for b in built] == ["eager", "vmap", "compiled_loop"]
+    assert [b.form for b in built] == ["eager", "vmap", "grouped", "compiled_loop"]
     chosen, _, built = decide(True, steps=10, step_seconds=0.004, restarts=1)
     assert chosen.form == "compiled" and len(built) == 1 and chosen.calls == 0  # one restart: no probe
 
@@ -267,7 +294,8 @@ def test_run_json_holds_the_decision(tmp_path: Path) -> None:
     info = json.loads((out / "run.json").read_text())
     decision = info["attack_details"]["compile"]
     assert decision["setting"] == "auto" and decision["compiled"] is False and decision["steps"] == 3
-    assert decision["form"] in ("eager", "vmap") and decision["looped_step_seconds"] > 0
-    assert decision["vmapped_step_seconds"] > 0 and "less than any compilation" in decision["reason"]
+    assert decision["form"] in ("eager", "vmap", "grouped") and decision["looped_step_seconds"] > 0
+    assert decision["vmapped_step_seconds"] > 0 and decision["grouped_step_seconds"] > 0
+    assert "less than any compilation" in decision["reason"] and "grouped_refusal" not in decision
     assert info["timings"]["compile_seconds"] == 0.0
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 6  # 3 steps × 2 restarts, no probe

@@ -15,8 +15,8 @@ from a measured model of what compiling costs against what it saves:
 * It compiles only when the saving exceeds the cost. A saving below `WARM_FLOOR_SECONDS` decides "eager"
   without reading the record. A step compiled earlier in the same process (a sweep worker's second run) costs
   nothing: dynamo reuses its code.
-* With several restarts, the uncompiled step is looped or vmapped, whichever the probe finds faster, and a
-  compiled step follows that choice (`choose`).
+* With several restarts, the uncompiled step is looped, vmapped or grouped, whichever the probe finds fastest,
+  and a compiled step follows that choice (`choose`).
 
 The constants are measured by ``benchmarks/compile_cost.py`` and ``benchmarks/speed.py`` (one CPU thread;
 ``benchmarks/results/compile_cost.log``). Every compiled search records its measured compile seconds, so the
@@ -60,7 +60,7 @@ COLD_SECONDS_PER_TENSOR = 1.5
 #: (compile_cost.log); only a step compiled earlier in the same process costs less
 WARM_FLOOR_SECONDS = 1.0
 #: timed eager steps of the probe (after one untimed step): its 3 evaluations are extra work, 1 % of a 300-step
-#: run, 5 % of a 60-step GIFD stage (each stage probes; with several restarts both uncompiled forms are probed)
+#: run, 5 % of a 60-step GIFD stage (each stage probes; with several restarts the three uncompiled forms are probed)
 PROBE_STEPS = 2
 RECORD_NAME = "fedinvert-compile-seconds.json"
 FORMS_NAME = "fedinvert-restart-forms.json"
@@ -85,21 +85,30 @@ def forced(setting: bool | str) -> bool | None:
 
 
 #: the forms of a search's step: plain autograd (restarts looped), vmapped over restarts, compiled (restarts
-#: vmapped), and compiled with its restarts looped (one compiled chain called per restart)
-EAGER, VMAP, COMPILED, COMPILED_LOOP = "eager", "vmap", "compiled", "compiled_loop"
+#: vmapped), compiled with its restarts looped (one compiled chain called per restart), and plain autograd with
+#: the restarts as groups of one victim (`fedinvert.attacks.grouped`)
+EAGER, VMAP, COMPILED, COMPILED_LOOP, GROUPED = "eager", "vmap", "compiled", "compiled_loop", "grouped"
+UNCOMPILED = (EAGER, VMAP, GROUPED)
 
 
 class MatcherFlags(TypedDict):
     functional: bool
     compile: bool
     loop_restarts: bool
+    grouped_restarts: bool
+
+
+def functional(form: str) -> bool:
+    """Whether a step in ``form`` is the vmappable pure one (every form but the plain-autograd `EAGER`, `GROUPED`)."""
+    return form not in (EAGER, GROUPED)
 
 
 def matcher_flags(form: str) -> MatcherFlags:
-    """`GradientMatcher`'s keywords for a step in ``form``: every form but `EAGER` is the vmappable pure one,
-    the compiled ones compile it, `COMPILED_LOOP` calls its compiled chain once per restart."""
-    return MatcherFlags(functional=form != EAGER, compile=form in (COMPILED, COMPILED_LOOP),
-                        loop_restarts=form == COMPILED_LOOP)
+    """`GradientMatcher`'s keywords for a step in ``form``: the `functional` forms are the vmappable pure one,
+    the compiled ones compile it, `COMPILED_LOOP` calls its compiled chain once per restart, `GROUPED` runs the
+    restarts as groups of one victim."""
+    return MatcherFlags(functional=functional(form), compile=form in (COMPILED, COMPILED_LOOP),
+                        loop_restarts=form == COMPILED_LOOP, grouped_restarts=form == GROUPED)
 
 
 @dataclass
@@ -112,9 +121,11 @@ class CompileDecision:
     eager_step_seconds: float | None = None
     predicted_saving_seconds: float | None = None
     predicted_compile_seconds: float | None = None
-    form: str = EAGER  # the step's form: eager (restarts looped), vmap, compiled or compiled_loop
-    looped_step_seconds: float | None = None  # the probe's two uncompiled forms, when restarts > 1
+    form: str = EAGER  # the step's form: eager (restarts looped), vmap, grouped, compiled or compiled_loop
+    looped_step_seconds: float | None = None  # the probe's uncompiled forms, when restarts > 1
     vmapped_step_seconds: float | None = None
+    grouped_step_seconds: float | None = None
+    grouped_refusal: str | None = None  # why the restarts could not run as groups
     form_source: str | None = None  # restarts > 1: probed, recorded on this machine, or chosen in this process
     step_ratio: float | None = None  # compiled / eager step the prediction assumed
     compile_seconds: float | None = None  # measured, when it compiled
@@ -181,9 +192,9 @@ def _read_records() -> dict[str, dict[str, float]]:
 
 
 def recorded_form(key: str) -> str | None:
-    """The restart form (`EAGER` or `VMAP`) recorded for ``key`` on this machine, or None."""
+    """The restart form (`EAGER`, `VMAP` or `GROUPED`) recorded for ``key`` on this machine, or None."""
     form = _read_json(inductor_cache_dir() / FORMS_NAME).get(key)
-    return form if form in (EAGER, VMAP) else None
+    return form if form in UNCOMPILED else None
 
 
 def remember_form(key: str, form: str) -> None:
@@ -329,10 +340,10 @@ def choose(
 ) -> tuple[T, CompileDecision]:
     """Build a search's step in the form ``setting`` and the measurements ask for.
 
-    With ``try_vmap`` (a search of several restarts), the uncompiled step runs looped (`EAGER`) or vmapped
-    (`VMAP`), whichever its probe finds faster: vmap batches the restarts through the victim but computes
-    per-restart parameter gradients, which wins on small victims (DLG's LeNet: 4 restarts 2.8 × one, looped
-    4 ×) and loses on large ones (ResNet-18: 5.8 ×). The choice is kept per key for the rest of the process and
+    With ``try_vmap`` (a search of several restarts), the uncompiled step runs looped (`EAGER`), vmapped
+    (`VMAP`) or grouped (`GROUPED`), whichever its probe finds fastest: vmap and grouping batch the restarts
+    through the victim with per-restart parameter gradients, which wins on small victims and loses on large
+    ones (`benchmarks/restart_forms.py` measures them). The choice is kept per key for the rest of the process and
     recorded on this machine (`FORMS_NAME`, beside the compile record), so later runs of the same step take the
     same form and give the same numbers; a compiled step follows it (`COMPILED_LOOP` where looping won).
 
@@ -340,7 +351,7 @@ def choose(
         setting: ``attack.compile``.
         steps: the steps the search will take.
         build: ``build(form)`` returns the search's step object (a `GradientMatcher`, a scorer, ...) in the form
-            `EAGER`, `VMAP`, `COMPILED` or (only with ``try_vmap``) `COMPILED_LOOP`.
+            `EAGER`, `VMAP`, `COMPILED` or (only with ``try_vmap``) `GROUPED` and `COMPILED_LOOP`.
         probe: runs one step of a built object on the search's start (its result discarded).
         key: the search's identity for the compile-time record (`step_key`).
         tensors: parameter tensors of the models the step runs, for the cold estimate.
@@ -416,7 +427,8 @@ def _fastest_eager(
     name: str, *, steps: int, build: Callable[[str], T], probe: Callable[[T], Any], key: Callable[[], str],
     device: torch.device, try_vmap: bool,
 ) -> tuple[T, CompileDecision]:
-    """The uncompiled step (looped, or vmapped when that probes faster) and a decision holding its timing."""
+    """The uncompiled step (looped, or vmapped or grouped when that probes faster) and a decision holding its
+    timing."""
     decision = CompileDecision(name, "", steps=steps)
     if not try_vmap:
         eager = build(EAGER)
@@ -429,17 +441,33 @@ def _fastest_eager(
         known = recorded_form(identity)
         decision.form_source = "recorded on this machine"
     timings: dict[str, tuple[T, float]] = {}
-    for form in (EAGER, VMAP) if known is None else (known,):
+    for form in UNCOMPILED if known is None else (known,):
         built = build(form)
-        timings[form] = built, timed_probe(lambda built=built: probe(built), device)  # type: ignore[misc]
+        if not _refused(built, form, decision):
+            seconds = timed_probe(lambda built=built: probe(built), device)  # type: ignore[misc]
+            if not _refused(built, form, decision):  # (a grouped step is checked on its first call)
+                timings[form] = built, seconds
+    if not timings:  # the recorded grouped form is refused now: the looped one
+        eager = build(EAGER)
+        timings[EAGER] = eager, timed_probe(lambda: probe(eager), device)
     form = min(timings, key=lambda f: timings[f][1])
     _EAGER_FORM_HERE[identity] = form
     decision.form, decision.eager_step_seconds = form, timings[form][1]
     if known is None:
         decision.form_source = "probed"
         decision.looped_step_seconds, decision.vmapped_step_seconds = timings[EAGER][1], timings[VMAP][1]
+        decision.grouped_step_seconds = timings[GROUPED][1] if GROUPED in timings else None
         remember_form(identity, form)  # later runs step alike, so the same config gives the same numbers here
     return timings[form][0], decision
+
+
+def _refused(built: Any, form: str, decision: CompileDecision) -> bool:
+    """Whether ``built`` is a `GROUPED` step that cannot group its restarts (it steps looped: no form of its own);
+    the reason goes into ``decision``."""
+    refusal = getattr(built, "grouped_refusal", None) if form == GROUPED else None
+    if refusal:
+        decision.grouped_refusal = refusal
+    return bool(refusal)
 
 
 def _give_key(built: Any, identity: str) -> None:

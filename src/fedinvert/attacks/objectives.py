@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedinvert.attacks.compilation import CompileClock
+from fedinvert.attacks.grouped import GroupedVictim, GroupingRefused
 from fedinvert.errors import ConfigError, MissingCapabilityError
 from fedinvert.fl.aggregation import split_clients
 from fedinvert.fl.fedavg import GUESSED_LOCAL_TRAINING, local_batches, simulate_local_training
@@ -47,6 +48,21 @@ def cosine_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor
 def _cosine(dummy: Sequence[Tensor], target: Sequence[Tensor], target_sq: Tensor) -> Tensor:
     dot = sum((d * t).sum() for d, t in zip(dummy, target, strict=True))
     dn = sum((d * d).sum() for d in dummy)
+    return 1 - dot / (torch.sqrt(dn) * torch.sqrt(target_sq) + _EPS)  # type: ignore[operator, arg-type]
+
+
+def restart_distance(name: str, dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
+    """Distance ``name`` (``cosine`` or ``l2``) of each restart's update: ``dummy`` tensors have a leading
+    restart dimension R, ``target`` tensors none; returns (R,), each entry the distance `DISTANCES` gives."""
+
+    def per_restart(t: Tensor) -> Tensor:
+        return t.flatten(1).sum(1)
+
+    if name == "l2":
+        return sum(per_restart((d - t) ** 2) for d, t in zip(dummy, target, strict=True))  # type: ignore[return-value]
+    dot = sum(per_restart(d * t) for d, t in zip(dummy, target, strict=True))
+    dn = sum(per_restart(d * d) for d in dummy)
+    target_sq = sum((t * t).sum() for t in target)
     return 1 - dot / (torch.sqrt(dn) * torch.sqrt(target_sq) + _EPS)  # type: ignore[operator, arg-type]
 
 
@@ -150,7 +166,10 @@ class GradientMatcher:
     ``step(variables)`` takes every variable with a leading restart dimension R and returns
     ``(grads, loss[R], distance[R])``. In functional mode it runs ``vmap(grad_and_value(objective))`` over
     restarts, optionally under `torch.compile` (with ``loop_restarts``, the compiled single chain once per
-    restart instead); in eager mode it loops over restarts with plain autograd.
+    restart instead); in eager mode it loops over restarts with plain autograd, or, with ``grouped_restarts``,
+    runs them as groups of one victim (`fedinvert.attacks.grouped`): one plain-autograd pass for all
+    restarts. A grouped step is checked against the looped one on its first call; a victim or setting it cannot
+    serve (``grouped_refusal`` says why) runs looped.
 
     The observed model is copied, so the attack never changes its weights or BatchNorm buffers; a model in
     train mode keeps using batch statistics (as the client did).
@@ -190,6 +209,7 @@ class GradientMatcher:
         holdout: float = 0.0,
         holdout_seed: int = 0,
         loop_restarts: bool = False,
+        grouped_restarts: bool = False,
         device: torch.device | str = "cpu",
     ) -> None:
         if not 0.0 <= holdout < 1.0:
@@ -244,6 +264,7 @@ class GradientMatcher:
             self.target = [t * k for t, k in zip(self.target, self.kept, strict=True)]
             self.heldout_fn = build_distance(distance, self._held_target, prune_ratio=prune_ratio)
         self.distance_fn = build_distance(distance, self.target, prune_ratio=prune_ratio)
+        self.distance_name = distance if prune_ratio == 0 else f"{distance} (pruned)"
         self.render = render
         self.regularizer = regularizer
         self.update_transform = update_transform
@@ -259,6 +280,27 @@ class GradientMatcher:
             batched = torch.func.vmap(fn)
             self._single_fn = self.clock.compile(fn) if self.clock else fn
             self._step_fn = self.clock.compile(batched) if self.clock else batched
+        self._grouped: GroupedVictim | None = None
+        self._grouped_checked = False
+        self.grouped_refusal: str | None = None
+        if grouped_restarts and not functional:
+            self._group_restarts()
+
+    def _group_restarts(self) -> None:
+        """Build the grouped victim, or say in ``grouped_refusal`` why the restarts run looped."""
+        if self.distance_name not in BATCHED_DISTANCES:
+            self.grouped_refusal = f"the {self.distance_name} distance has no per-restart form"
+        elif self.local is not None or self.replay is not None or self.clients > 1:
+            self.grouped_refusal = "FedAvg unrolling and replayed defences run restarts looped"
+        elif self.update_transform is not None:
+            self.grouped_refusal = "an attack's update transform runs restarts looped"
+        else:
+            try:
+                self._grouped = GroupedVictim(self.model)
+            except GroupingRefused as refused:
+                self.grouped_refusal = str(refused)
+        if self.grouped_refusal:
+            log.info("restarts run looped, not grouped: %s", self.grouped_refusal)
 
     @property
     def compile_seconds(self) -> float:
@@ -328,6 +370,13 @@ class GradientMatcher:
                 self._functional_step(variables)
             )
             return grads, loss.detach(), dist.detach()
+        if self._grouped is not None and restarts > 1:
+            return self._grouped_step(variables)
+        return self._looped_step(variables)
+
+    def _looped_step(self, variables: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """Plain autograd, one restart after another."""
+        restarts = variables[0].shape[0]
         grads_r, losses, dists = [], [], []
         for r in range(restarts):
             leaves = tuple(v[r].detach().requires_grad_(True) for v in variables)
@@ -337,6 +386,37 @@ class GradientMatcher:
             dists.append(dist.detach())
         grads = tuple(torch.stack([g[i] for g in grads_r]) for i in range(len(variables)))
         return grads, torch.stack(losses), torch.stack(dists)
+
+    def _grouped_step(self, variables: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """All restarts in one plain-autograd pass through the grouped victim; the first call is checked
+        against the looped step, and a disagreement ends grouping for this matcher (its looped result kept)."""
+        assert self._grouped is not None
+        restarts = variables[0].shape[0]
+        leaves = tuple(v.requires_grad_(True) for v in variables)
+        chains = [tuple(v[r] for v in leaves) for r in range(restarts)]
+        rendered = [self.render(*chain) for chain in chains]
+        copies = {name: p.expand(restarts, *p.shape).requires_grad_(name in self.params)
+                  for name, p in {**self.params, **self.frozen}.items()}
+        logits = self._grouped.logits(copies, torch.cat([inputs for inputs, _ in rendered]))
+        ce = sum(soft_cross_entropy(part, labels)
+                 for part, (_, labels) in zip(logits.chunk(restarts), rendered, strict=True))
+        update = torch.autograd.grad(ce, [copies[n] for n in self.names], create_graph=True)
+        dist = restart_distance(self.distance_name, self._kept(list(update)), self.target)
+        loss = dist
+        if self.regularizer is not None:
+            loss = dist + torch.stack([self.regularizer(inputs, chain)
+                                       for (inputs, _), chain in zip(rendered, chains, strict=True)])
+        grads = torch.autograd.grad(loss.sum(), leaves)
+        result = grads, loss.detach(), dist.detach()
+        if not self._grouped_checked:
+            self._grouped_checked = True
+            looped = self._looped_step(variables)
+            if not _agree(result, looped):
+                self._grouped = None
+                self.grouped_refusal = "its first step disagreed with the looped step"
+                log.warning("restarts run looped: the grouped victim's first step disagreed with the looped one")
+                return looped
+        return result
 
     def _functional_step(self, variables: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
         """The functional step of all restarts: vmapped, or one chain at a time (one restart, ``loop_restarts``)."""
@@ -376,6 +456,12 @@ class GradientMatcher:
         self.evaluations += 1
         held = [g.detach() * (1 - k) for g, k in zip(grads, self.kept, strict=True)]
         return float(self.heldout_fn(held, self._held_target))
+
+
+def _agree(a: tuple[tuple[Tensor, ...], Tensor, Tensor], b: tuple[tuple[Tensor, ...], Tensor, Tensor]) -> bool:
+    """Two steps' results equal to float32 rounding (gradients relative to their own scale)."""
+    pairs = [*zip(a[0], b[0], strict=True), (a[1], b[1]), (a[2], b[2])]
+    return all(torch.allclose(x, y, rtol=1e-3, atol=1e-4 * float(y.abs().max()) + 1e-7) for x, y in pairs)
 
 
 BATCHED_DISTANCES = ("cosine", "l2")

@@ -455,7 +455,7 @@ class GenerativeAttack(Attack):
             return variables
 
         def build(form: str) -> GradientMatcher:
-            generator = self.generator(form != compilation.EAGER)
+            generator = self.generator(compilation.functional(form))
 
             def render(*values: Tensor) -> tuple[Tensor, Tensor]:
                 images = generator.render(k, assemble(values), setup.cond)

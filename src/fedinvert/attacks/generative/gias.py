@@ -196,7 +196,7 @@ class GIAS(GenerativeAttack):
             return torch.func.vmap(one)(tuple(thetas), tuple(values), setup.cond)
 
         def build(form: str) -> GradientMatcher:
-            renderer = StageRenderer(self.generator(form != compilation.EAGER), 0)
+            renderer = StageRenderer(self.generator(compilation.functional(form)), 0)
 
             def render(*values: Tensor) -> tuple[Tensor, Tensor]:
                 images = render_batch(renderer, values[: len(names)], values[len(names) :])
