@@ -1,10 +1,11 @@
-"""The four forms of Inverting Gradients' step with several restarts, side by side on one victim.
+"""The forms of Inverting Gradients' step with several restarts, side by side on one victim.
 
-`attack.compile=auto` runs several restarts looped or vmapped, whichever a probe finds faster eagerly, and a
-compiled step follows the eager choice (`fedinvert.attacks.compilation`). This script shows whether the
-compiled forms keep the eager forms' order: ms a step (after the first call, which compiles) of the compiled
-single chain (R = 1), the compiled vmapped step, the compiled chain called once per restart, and the two eager
-forms, all at R restarts, B = 1, 32 px.
+`attack.compile=auto` runs several restarts looped, vmapped or grouped, whichever a probe finds fastest
+eagerly, and a compiled step follows the eager choice (`fedinvert.attacks.compilation`). This script shows
+whether the compiled forms keep the eager forms' order: ms a step (after the first call, which compiles or, for
+the grouped form, checks itself against the looped step) of the compiled single chain (R = 1), the compiled
+vmapped step, the compiled chain called once per restart, and the three eager forms at R restarts, beside the
+eager step of one restart; B = 1, 32 px.
 
     OMP_NUM_THREADS=1 python benchmarks/restart_forms.py --threads 1 lenet-dlg convnet resnet18
 """
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("victims", nargs="+")
     parser.add_argument("--restarts", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eager-only", action="store_true", help="only the uncompiled forms")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.victims:
@@ -35,7 +37,9 @@ def main() -> None:
         n = STEPS.get(name, 20)
         print(f"{name}, {n} timed steps a form")
         r = args.restarts
-        for form, restarts in (("compiled", 1), ("compiled", r), ("compiled_loop", r), ("eager", r), ("vmap", r)):
+        forms = (("compiled", 1), ("compiled", r), ("compiled_loop", r), ("eager", 1), ("eager", r), ("vmap", r),
+                 ("grouped", r))
+        for form, restarts in forms if not args.eager_only else [f for f in forms if "compiled" not in f[0]]:
             matcher = attack.make_matcher(obs, labels, form=form)
             variables = [torch.randn(restarts, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0))]
             start = time.perf_counter()

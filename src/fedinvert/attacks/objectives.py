@@ -398,8 +398,12 @@ class GradientMatcher:
         copies = {name: p.expand(restarts, *p.shape).requires_grad_(name in self.params)
                   for name, p in {**self.params, **self.frozen}.items()}
         logits = self._grouped.logits(copies, torch.cat([inputs for inputs, _ in rendered]))
-        ce = sum(soft_cross_entropy(part, labels)
-                 for part, (_, labels) in zip(logits.chunk(restarts), rendered, strict=True))
+        labels = [labels for _, labels in rendered]
+        if all(y.shape == labels[0].shape for y in labels):  # each restart's mean over B rows, summed: one call
+            ce = restarts * soft_cross_entropy(logits, torch.cat(labels))
+        else:
+            ce = torch.stack([soft_cross_entropy(part, y) for part, y in zip(logits.chunk(restarts), labels,
+                                                                             strict=True)]).sum()
         update = torch.autograd.grad(ce, [copies[n] for n in self.names], create_graph=True)
         dist = restart_distance(self.distance_name, self._kept(list(update)), self.target)
         loss = dist
