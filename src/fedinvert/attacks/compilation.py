@@ -35,7 +35,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar
@@ -64,8 +64,8 @@ WARM_FLOOR_SECONDS = 1.0
 PROBE_STEPS = 2
 RECORD_NAME = "fedinvert-compile-seconds.json"
 FORMS_NAME = "fedinvert-restart-forms.json"
-"""Beside the compile record: the uncompiled form (looped or vmapped restarts) each step's first probe on this
-machine chose, so every later run of it steps the same way and gives the same numbers (`_fastest_eager`)."""
+"""Beside the compile record: the uncompiled form (looped, vmapped or grouped restarts) each step's first probe
+on this machine chose, so every later run of it steps the same way and gives the same numbers (`_fastest_eager`)."""
 SETTINGS = ("auto", "true", "false")
 
 
@@ -337,6 +337,7 @@ def choose(
     tensors: Callable[[], int],
     device: torch.device,
     try_vmap: bool = False,
+    forms: Sequence[str] = UNCOMPILED,
 ) -> tuple[T, CompileDecision]:
     """Build a search's step in the form ``setting`` and the measurements ask for.
 
@@ -356,8 +357,10 @@ def choose(
         key: the search's identity for the compile-time record (`step_key`).
         tensors: parameter tensors of the models the step runs, for the cold estimate.
         device: where it runs (CUDA is synchronised around the probe).
-        try_vmap: probe `VMAP` against `EAGER` (only for a step of several restarts); else `EAGER` is the
-            uncompiled form.
+        try_vmap: probe the uncompiled ``forms`` against each other (only for a step of several restarts or
+            chains); else `EAGER` is the uncompiled form.
+        forms: the uncompiled forms ``build`` knows, first the fallback (a study's batched private batches:
+            `VMAP` and `GROUPED`).
 
     Returns:
         The built object and the `CompileDecision`. A compiled object's `CompileClock` (its ``clock``) is given
@@ -369,7 +372,7 @@ def choose(
         decision = CompileDecision(name, "forced by attack.compile", steps=steps)
         return (_compiled(decision, build, key, try_vmap=False) if wanted else build(EAGER)), decision
     eager, decision = _fastest_eager(name, steps=steps, build=build, probe=probe, key=key, device=device,
-                                     try_vmap=try_vmap)
+                                     try_vmap=try_vmap, forms=forms)
     if wanted is not None:
         decision.reason = "forced by attack.compile"
         return (_compiled(decision, build, key, try_vmap=True) if wanted else _uncounted(eager)), decision
@@ -425,7 +428,7 @@ def _uncounted(built: T) -> T:
 
 def _fastest_eager(
     name: str, *, steps: int, build: Callable[[str], T], probe: Callable[[T], Any], key: Callable[[], str],
-    device: torch.device, try_vmap: bool,
+    device: torch.device, try_vmap: bool, forms: Sequence[str] = UNCOMPILED,
 ) -> tuple[T, CompileDecision]:
     """The uncompiled step (looped, or vmapped or grouped when that probes faster) and a decision holding its
     timing."""
@@ -441,22 +444,24 @@ def _fastest_eager(
         known = recorded_form(identity)
         decision.form_source = "recorded on this machine"
     timings: dict[str, tuple[T, float]] = {}
-    for form in UNCOMPILED if known is None else (known,):
+    fresh = known is None or known not in forms  # nothing usable recorded: probe them all
+    for form in forms if fresh or known is None else (known,):
         built = build(form)
         if not _refused(built, form, decision):
             seconds = timed_probe(lambda built=built: probe(built), device)  # type: ignore[misc]
             if not _refused(built, form, decision):  # (a grouped step is checked on its first call)
                 timings[form] = built, seconds
-    if not timings:  # the recorded grouped form is refused now: the looped one
-        eager = build(EAGER)
-        timings[EAGER] = eager, timed_probe(lambda: probe(eager), device)
+    if not timings:  # the recorded grouped form is refused now: the fallback
+        fallback = build(forms[0])
+        timings[forms[0]] = fallback, timed_probe(lambda: probe(fallback), device)
     form = min(timings, key=lambda f: timings[f][1])
     _EAGER_FORM_HERE[identity] = form
     decision.form, decision.eager_step_seconds = form, timings[form][1]
-    if known is None:
+    if fresh:
         decision.form_source = "probed"
-        decision.looped_step_seconds, decision.vmapped_step_seconds = timings[EAGER][1], timings[VMAP][1]
-        decision.grouped_step_seconds = timings[GROUPED][1] if GROUPED in timings else None
+        probed = {f: timings[f][1] for f in timings}
+        decision.looped_step_seconds, decision.vmapped_step_seconds = probed.get(EAGER), probed.get(VMAP)
+        decision.grouped_step_seconds = probed.get(GROUPED)
         remember_form(identity, form)  # later runs step alike, so the same config gives the same numbers here
     return timings[form][0], decision
 

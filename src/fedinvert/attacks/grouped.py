@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedinvert.attacks.affine_norm import AffineBatchNorm
+
 
 class GroupingRefused(Exception):
     """The victim cannot run its restarts as groups; the message says why."""
@@ -89,11 +91,12 @@ class _GroupedLinear(_Grouped):
 class _GroupedBatchNorm(_Grouped):
     def forward(self, x: Tensor) -> Tensor:
         bn = self.layer[0]
-        assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        assert isinstance(bn, (nn.modules.batchnorm._BatchNorm, AffineBatchNorm))
         xr = self.by_restart(x)  # (R, B, C, *spatial)
         spatial = x.dim() - 2
         shape = (1, 1, -1) + (1,) * spatial
-        if bn.training or bn.running_mean is None:  # the client's batch statistics, per restart's batch
+        batch_statistics = bn.running_mean is None or (bn.training and not isinstance(bn, AffineBatchNorm))
+        if batch_statistics:  # the client's batch statistics, per restart's batch (AffineBatchNorm: never)
             dims = (1, *range(3, xr.dim()))
             mean = xr.mean(dims, keepdim=True)
             var = xr.var(dims, keepdim=True, unbiased=False)
@@ -137,6 +140,7 @@ _KINDS: dict[type[nn.Module], type[_Grouped]] = {
     nn.Linear: _GroupedLinear,
     nn.BatchNorm1d: _GroupedBatchNorm,
     nn.BatchNorm2d: _GroupedBatchNorm,
+    AffineBatchNorm: _GroupedBatchNorm,  # eval-mode BatchNorm as the functional (vmappable) victims carry it
     nn.GroupNorm: _GroupedGroupNorm,
     nn.LayerNorm: _GroupedLayerNorm,
 }

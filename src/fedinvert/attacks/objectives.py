@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedinvert.attacks.affine_norm import AffineBatchNorm as _AffineBatchNorm  # noqa: F401  (re-exported)
+from fedinvert.attacks.affine_norm import affine_batch_norm_ as _affine_batch_norm_
 from fedinvert.attacks.compilation import CompileClock
 from fedinvert.attacks.grouped import GroupedVictim, GroupingRefused
 from fedinvert.errors import ConfigError, MissingCapabilityError
@@ -52,18 +54,39 @@ def _cosine(dummy: Sequence[Tensor], target: Sequence[Tensor], target_sq: Tensor
 
 
 def restart_distance(name: str, dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
-    """Distance ``name`` (``cosine`` or ``l2``) of each restart's update: ``dummy`` tensors have a leading
-    restart dimension R, ``target`` tensors none; returns (R,), each entry the distance `DISTANCES` gives."""
+    """Distance ``name`` (``cosine`` or ``l2``) of each chain's update: ``dummy`` tensors have a leading chain
+    dimension R; ``target`` tensors have it too (each chain its own observation) or not (one target for all
+    restarts). Returns (R,), each entry the distance `DISTANCES` gives."""
 
-    def per_restart(t: Tensor) -> Tensor:
+    def per_chain(t: Tensor) -> Tensor:
         return t.flatten(1).sum(1)
 
     if name == "l2":
-        return sum(per_restart((d - t) ** 2) for d, t in zip(dummy, target, strict=True))  # type: ignore[return-value]
-    dot = sum(per_restart(d * t) for d, t in zip(dummy, target, strict=True))
-    dn = sum(per_restart(d * d) for d in dummy)
-    target_sq = sum((t * t).sum() for t in target)
+        return sum(per_chain((d - t) ** 2) for d, t in zip(dummy, target, strict=True))  # type: ignore[return-value]
+    dot = sum(per_chain(d * t) for d, t in zip(dummy, target, strict=True))
+    dn = sum(per_chain(d * d) for d in dummy)
+    target_sq = sum(per_chain(t * t) if t.dim() == d.dim() else (t * t).sum()
+                    for d, t in zip(dummy, target, strict=True))
     return 1 - dot / (torch.sqrt(dn) * torch.sqrt(target_sq) + _EPS)  # type: ignore[operator, arg-type]
+
+
+def grouped_update(
+    victim: GroupedVictim, params: Mapping[str, Tensor], names: Sequence[str], inputs: Tensor, labels: Sequence[Tensor]
+) -> list[Tensor]:
+    """Each chain's parameter gradient ∇θ CE, in one plain-autograd pass through the grouped victim.
+
+    ``params``: every parameter of the victim with a leading chain dimension R (those in ``names`` leaves that
+    require grad); ``inputs``: the chains' batches stacked, (R·B, ...); ``labels``: each chain's labels. Returns
+    the gradients w.r.t. ``params[name]`` for ``names``, each (R, ...), differentiable (create_graph).
+    """
+    chains = len(labels)
+    logits = victim.logits(params, inputs)
+    if all(y.shape == labels[0].shape for y in labels):  # each chain's mean over B rows, summed: one call
+        ce = chains * soft_cross_entropy(logits, torch.cat(list(labels)))
+    else:
+        ce = torch.stack([soft_cross_entropy(part, y)
+                          for part, y in zip(logits.chunk(chains), labels, strict=True)]).sum()
+    return list(torch.autograd.grad(ce, [params[n] for n in names], create_graph=True))
 
 
 @DISTANCES.register("layer_cosine")
@@ -397,15 +420,9 @@ class GradientMatcher:
         rendered = [self.render(*chain) for chain in chains]
         copies = {name: p.expand(restarts, *p.shape).requires_grad_(name in self.params)
                   for name, p in {**self.params, **self.frozen}.items()}
-        logits = self._grouped.logits(copies, torch.cat([inputs for inputs, _ in rendered]))
-        labels = [labels for _, labels in rendered]
-        if all(y.shape == labels[0].shape for y in labels):  # each restart's mean over B rows, summed: one call
-            ce = restarts * soft_cross_entropy(logits, torch.cat(labels))
-        else:
-            ce = torch.stack([soft_cross_entropy(part, y) for part, y in zip(logits.chunk(restarts), labels,
-                                                                             strict=True)]).sum()
-        update = torch.autograd.grad(ce, [copies[n] for n in self.names], create_graph=True)
-        dist = restart_distance(self.distance_name, self._kept(list(update)), self.target)
+        update = grouped_update(self._grouped, copies, self.names, torch.cat([inputs for inputs, _ in rendered]),
+                                [labels for _, labels in rendered])
+        dist = restart_distance(self.distance_name, self._kept(update), self.target)
         loss = dist
         if self.regularizer is not None:
             loss = dist + torch.stack([self.regularizer(inputs, chain)
@@ -521,6 +538,7 @@ class BatchedMatcher:
         distance: str,
         regularizer: Callable[[Tensor, tuple[Tensor, ...]], Tensor] | None = None,
         compile: bool = False,
+        grouped: bool = False,
     ) -> None:
         reason = batch_refusal(matchers)
         if reason is not None:
@@ -540,6 +558,7 @@ class BatchedMatcher:
         self.targets = [chains([m.target[i] for m in matchers]) for i in range(len(self.names))]
         self.labels = chains([torch.as_tensor(y).to(self.first.device) for y in labels])
         self.evaluations = 0
+        self.grouped = GroupedVictim(self.first.model) if grouped and not compile else None
         objective = torch.func.grad_and_value(self._objective, argnums=0, has_aux=True)
         # what compiling costs and what a compiled step takes (`compilation.choose` gives it a record key)
         self.clock = CompileClock(self.first.device) if compile else None
@@ -564,53 +583,28 @@ class BatchedMatcher:
         """`GradientMatcher.step` over every chain: (grads, loss[chains], distance[chains])."""
         x = variables[0].detach()
         self.evaluations += x.shape[0]
+        if self.grouped is not None:
+            return self._grouped_step(x)
         if self.clock is not None:
             grad, (loss, dist) = self.clock.call(lambda: self._step_fn(x, self.params, self.targets, self.labels))
         else:
             grad, (loss, dist) = self._step_fn(x, self.params, self.targets, self.labels)
         return (grad,), loss.detach(), dist.detach()
 
-
-class _AffineBatchNorm(nn.Module):
-    """Eval-mode BatchNorm written as an affine map, with the same parameter and buffer names.
-
-    Numerically the same as `nn.BatchNorm*d` in eval mode, but with plain ops that `vmap` batches natively.
-    """
-
-    running_mean: Tensor
-    running_var: Tensor
-    weight: Tensor | None
-    bias: Tensor | None
-
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
-        super().__init__()
-        self.eps = bn.eps
-        if bn.affine:
-            self.weight = bn.weight
-            self.bias = bn.bias
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.register_buffer("running_mean", bn.running_mean)
-        self.register_buffer("running_var", bn.running_var)
-        self.register_buffer("num_batches_tracked", bn.num_batches_tracked)
-
-    def forward(self, x: Tensor) -> Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        scale = torch.rsqrt(self.running_var + self.eps)
-        out = (x - self.running_mean.view(shape)) * scale.view(shape)
-        if self.weight is not None and self.bias is not None:  # both or neither (affine)
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
-
-
-def _affine_batch_norm_(model: nn.Module) -> None:
-    """Replace every eval-mode BatchNorm with running statistics by `_AffineBatchNorm`, in place."""
-    for name, child in list(model.named_children()):
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and child.track_running_stats:
-            setattr(model, name, _AffineBatchNorm(child))
-        else:
-            _affine_batch_norm_(child)
+    def _grouped_step(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """Every chain in one plain-autograd pass through the grouped victim (`grouped_update`)."""
+        assert self.grouped is not None
+        chains = x.shape[0]
+        x.requires_grad_(True)
+        params = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
+        frozen = {n: p.expand(chains, *p.shape) for n, p in self.first.frozen.items()}
+        update = grouped_update(self.grouped, {**params, **frozen}, self.names, x.flatten(0, 1), list(self.labels))
+        dist = restart_distance(self.distance, update, self.targets)
+        loss = dist
+        if self.regularizer is not None:
+            loss = dist + torch.stack([self.regularizer(x[c], (x[c],)) for c in range(chains)])
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        return (grad,), loss.detach(), dist.detach()
 
 
 FEDAVG_MODES = ("strong", "weak", "none")

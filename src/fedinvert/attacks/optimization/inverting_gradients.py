@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from fedinvert.attacks import compilation
 from fedinvert.attacks.base import ATTACKS, Attack, LoopResult, batch_size_of, optimize
+from fedinvert.attacks.grouped import GroupingRefused
 from fedinvert.attacks.labels import infer_labels
 from fedinvert.attacks.objectives import (
     BATCHED_DISTANCES,
@@ -23,7 +25,12 @@ from fedinvert.attacks.objectives import (
 from fedinvert.errors import ConfigError
 from fedinvert.observation import Observation, Reconstruction
 
+log = logging.getLogger(__name__)
+
 StepFunction = Callable[[Sequence[Tensor]], tuple[tuple[Tensor, ...], Tensor, Tensor]]
+
+BATCHED_FORMS = (compilation.VMAP, compilation.GROUPED)
+"""The uncompiled forms of a study's batched private batches (`reconstruct_batched`), the first the fallback."""
 
 
 INITS = ("randn", "rand")
@@ -121,7 +128,7 @@ class PixelAttack(Attack):
         return reg
 
     def make_matcher(self, obs: Observation, labels: Tensor, *, form: str = compilation.EAGER) -> GradientMatcher:
-        """The gradient matcher of a run in ``form`` (`compilation.EAGER`, ``VMAP``, ``COMPILED`` or
+        """The gradient matcher of a run in ``form`` (`compilation.EAGER`, ``VMAP``, ``GROUPED``, ``COMPILED`` or
         ``COMPILED_LOOP``; chosen by `compilation.choose` from ``attack.compile`` and a probe of the run's start)."""
         return GradientMatcher(
             obs,
@@ -216,11 +223,19 @@ class PixelAttack(Attack):
         return None
 
     def _batched_matcher(self, observations: Sequence[Observation], labels: Sequence[Tensor], *,
-                         compiled: bool = False) -> BatchedMatcher:
+                         form: str = compilation.VMAP) -> BatchedMatcher:
+        """The batched step in ``form``: `compilation.VMAP`, ``GROUPED`` (falling back to vmapped where the
+        victim cannot be grouped) or ``COMPILED``."""
         matchers = [self.make_matcher(obs, y, form=compilation.VMAP) for obs, y in zip(observations, labels,
                                                                                        strict=True)]
-        return BatchedMatcher(matchers, labels, restarts=self.restarts, distance=self.distance,
-                              regularizer=self.regularizer(observations[0]), compile=compiled)
+        options = {"restarts": self.restarts, "distance": self.distance,
+                   "regularizer": self.regularizer(observations[0]), "compile": form == compilation.COMPILED}
+        if form == compilation.GROUPED:
+            try:
+                return BatchedMatcher(matchers, labels, grouped=True, **options)  # type: ignore[arg-type]
+            except GroupingRefused as refused:
+                log.info("the batched step runs vmapped, not grouped: %s", refused)
+        return BatchedMatcher(matchers, labels, **options)  # type: ignore[arg-type]
 
     def batch_timing(self, observations: Sequence[Observation]) -> dict[str, float]:
         """Seconds a step of ``observations`` takes batched (`reconstruct_batched`) and one after another
@@ -230,10 +245,12 @@ class PixelAttack(Attack):
         labels = self._labels(observations)
         start = torch.randn((len(observations) * self.restarts, size, *observations[0].image_shape),
                             generator=torch.Generator().manual_seed(0)).to(self.device)
-        batched = self._batched_matcher(observations, labels)
-        together = compilation.timed_probe(lambda: batched.step([start]), self.device)
-        forms = (compilation.EAGER, compilation.VMAP) if self.restarts > 1 else (compilation.EAGER,)
-        one = float("inf")  # a separate run of several restarts steps in whichever form its probe finds faster
+        together = float("inf")  # the batched step in whichever uncompiled form times faster
+        for form in BATCHED_FORMS:
+            batched = self._batched_matcher(observations, labels, form=form)
+            together = min(together, compilation.timed_probe(functools.partial(batched.step, [start]), self.device))
+        forms = compilation.UNCOMPILED if self.restarts > 1 else (compilation.EAGER,)
+        one = float("inf")  # a separate run of several restarts steps in whichever form its probe finds fastest
         first = start[: self.restarts]
         for form in forms:
             one = min(one, compilation.timed_probe(
@@ -248,9 +265,10 @@ class PixelAttack(Attack):
 
         Each observation keeps what `reconstruct` gives it: its labels, its start drawn from its own ``rng``
         (the same pixels as alone), its restarts, its best restart and its own history. Their chains (restarts
-        × observations) share one vmapped step, compiled where ``attack.compile`` decides so
+        × observations) share one step, vmapped or grouped (`fedinvert.attacks.grouped`, each chain its own
+        victim weights) whichever its probe finds faster, compiled where ``attack.compile`` decides so
         (`compilation.choose`, its own record key). The numbers agree with separate runs to float32 rounding, not
-        bit for bit (vmapped reductions). Raises ValueError where `batch_refusal` refuses.
+        bit for bit (batched reductions). Raises ValueError where `batch_refusal` refuses.
         """
         reason = self.batch_refusal(observations) if len(observations) > 1 else None
         if reason is not None:
@@ -263,17 +281,20 @@ class PixelAttack(Attack):
         batched, decision = compilation.choose(
             self.compile,
             steps=self.iterations,
-            build=lambda form: self._batched_matcher(observations, labels, compiled=form == compilation.COMPILED),
+            build=lambda form: self._batched_matcher(observations, labels, form=form),
             probe=lambda candidate: candidate.step([x0]),
             key=lambda: compilation.step_key(f"{type(self).__name__}-batched", [observations[0].model], [x0.shape],
                                              self.device),
             tensors=lambda: compilation.parameter_tensors(observations[0].model),
             device=self.device,
+            try_vmap=True,
+            forms=BATCHED_FORMS,
         )
         runs = len(observations)
         result = self._search(batched.step, x0, observations[0], progress=progress, groups=runs)
         compile_record = compilation.finished(decision, batched)
-        form = compilation.COMPILED if decision.compiled else compilation.VMAP
+        form = compilation.COMPILED if decision.compiled else (
+            compilation.GROUPED if batched.grouped is not None else compilation.VMAP)
         out = []
         for k, obs in enumerate(observations):
             chains = result.best_distance[k * self.restarts:(k + 1) * self.restarts]
