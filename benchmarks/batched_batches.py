@@ -1,10 +1,10 @@
 """Independent private batches as one batch through the victim, against one run after another.
 
 A study's replicates are private batches of one shape, each with its own victim weights (its seed) and its own
-observed gradient. ``fedinvert sweep --batch N`` runs N of them as chains of one vmapped step
+observed gradient. ``fedinvert sweep --batch N`` runs N of them as chains of one step, vmapped or grouped
 (`fedinvert.attacks.objectives.BatchedMatcher`). Printed per victim (B = 1, 32 px, one restart each): ms of one
-eager step of one private batch (what a separate run pays), ms of the batched step of N of them, and the
-ratio; N separate runs cost N × the first. With ``--compiled``, the same with both steps compiled.
+eager step of one private batch (what a separate run pays), ms of the batched step of N of them in each form,
+and the ratio; N separate runs cost N × the first. With ``--compiled``, the same with both steps compiled.
 
     OMP_NUM_THREADS=1 python benchmarks/batched_batches.py --threads 1 --compiled lenet-dlg convnet resnet18
 """
@@ -67,14 +67,20 @@ def table(victims: list[str], *, batches: int = 4, batch_size: int = 1, compiled
         observations = [observation(name, seed, b) for seed in range(n)]
         labels = [obs.labels for obs in observations]
         x = torch.randn(n, b, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
-        for compile_step in (False, True) if compiled else (False,):
-            alone = attack.make_matcher(observations[0], labels[0], form="compiled" if compile_step else "eager")
-            one = per_step(alone.step, x[:1], STEPS.get(name, 20), device)
+        eager_one = None
+        for form in ("vmapped", "grouped", "compiled") if compiled else ("vmapped", "grouped"):
+            compile_step = form == "compiled"
+            if compile_step or eager_one is None:
+                alone = attack.make_matcher(observations[0], labels[0], form="compiled" if compile_step else "eager")
+                one = per_step(alone.step, x[:1], STEPS.get(name, 20), device)
+                eager_one = eager_one if compile_step else one
+            else:
+                one = eager_one
             matchers = [attack.make_matcher(o, y, form="vmap") for o, y in zip(observations, labels, strict=True)]
             batched = BatchedMatcher(matchers, labels, restarts=1, distance=attack.distance,
-                                     regularizer=attack.regularizer(observations[0]), compile=compile_step)
+                                     regularizer=attack.regularizer(observations[0]), compile=compile_step,
+                                     grouped=form == "grouped")
             together = per_step(batched.step, x, STEPS.get(name, 20), device)
-            form = "compiled" if compile_step else "eager"
             print(f"  {name:10s} {form:9s} {1000 * one:10.2f} {1000 * together:11.2f} {together / one:6.2f}"
                   f" {1000 * n * one:12.2f}", flush=True)
             rows.append({"model": name, "form": form, "batches": n, "one_ms": 1000 * one,
