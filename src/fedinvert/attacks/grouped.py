@@ -47,10 +47,14 @@ class _Grouped(nn.Module):
         """(R·B, ...) → (R, B, ...)."""
         return x.reshape(self.restarts, x.shape[0] // self.restarts, *x.shape[1:])
 
-    def per_channel(self, name: str, dims: int) -> Tensor | None:
-        """Parameter ``name`` (R, C) shaped to broadcast against (R, B, C, *spatial) with ``dims`` spatial dims."""
-        value = self.values[name]
-        return None if value is None else value.reshape(*value.shape[:2], *(1,) * dims).unsqueeze(1)
+    def channel_affine(self, normalised: Tensor, x: Tensor) -> Tensor:
+        """``normalised`` (R, B, C, *spatial) times each restart's per-channel weight plus its bias (where the
+        layer has them), in ``x``'s shape (R·B, C, *spatial)."""
+        weight, bias = self.values.get("weight"), self.values.get("bias")
+        if weight is None or bias is None:  # both or neither (affine)
+            return normalised.reshape(x.shape)
+        shape = (weight.shape[0], 1, weight.shape[1], *(1,) * (x.dim() - 2))
+        return (normalised * weight.reshape(shape) + bias.reshape(shape)).reshape(x.shape)
 
 
 class _GroupedConv2d(_Grouped):
@@ -101,24 +105,16 @@ class _GroupedBatchNorm(_Grouped):
             mean = xr.mean(dims, keepdim=True)
             var = xr.var(dims, keepdim=True, unbiased=False)
         else:
-            assert bn.running_var is not None
+            assert bn.running_mean is not None and bn.running_var is not None
             mean, var = bn.running_mean.view(shape), bn.running_var.view(shape)
-        out = (xr - mean) * torch.rsqrt(var + bn.eps)
-        weight, bias = self.per_channel("weight", spatial), self.per_channel("bias", spatial)
-        if weight is not None and bias is not None:
-            out = out * weight + bias
-        return out.reshape(x.shape)
+        return self.channel_affine((xr - mean) * torch.rsqrt(var + bn.eps), x)
 
 
 class _GroupedGroupNorm(_Grouped):
     def forward(self, x: Tensor) -> Tensor:
         norm = self.layer[0]
         assert isinstance(norm, nn.GroupNorm)
-        out = self.by_restart(F.group_norm(x, norm.num_groups, None, None, norm.eps))
-        weight, bias = self.per_channel("weight", x.dim() - 2), self.per_channel("bias", x.dim() - 2)
-        if weight is not None and bias is not None:
-            out = out * weight + bias
-        return out.reshape(x.shape)
+        return self.channel_affine(self.by_restart(F.group_norm(x, norm.num_groups, None, None, norm.eps)), x)
 
 
 class _GroupedLayerNorm(_Grouped):
