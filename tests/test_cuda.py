@@ -4,7 +4,7 @@ What a GPU can change: rounding (TF32, reduction order), nondeterministic kernel
 host syncs that stall it. So: the ℓ1 projection gives the CPU's result bit for bit and passes PyTorch's
 strict deterministic mode; short Inverting Gradients and GIFD runs finish with finite metrics, within a
 tolerance of the CPU's PSNR, and an Inverting Gradients rerun on the GPU is bit-identical; steps make no
-float64 tensor on the device and no host read per step.
+float64 tensor on the device and no host read per step; the grouped restart step equals the looped one.
 """
 
 from __future__ import annotations
@@ -148,3 +148,27 @@ def test_steps_on_cuda_make_no_float64_and_no_host_sync(name):
     assert not long.host_reads - short.host_reads, long.host_reads - short.host_reads
     assert not long.from_python - short.from_python, long.from_python - short.from_python
     assert long_syncs <= short_syncs, (short_syncs, long_syncs)
+
+
+def test_the_grouped_step_on_cuda_equals_the_looped_step():
+    # Prepare: a BatchNorm ConvNet observation; three restarts of random dummy pixels on the GPU
+    from fedinvert.attacks.objectives import GradientMatcher, total_variation
+
+    obs = _observation()
+    labels = torch.tensor([1, 4]).cuda()  # the labels the observation was made with
+
+    def matcher(**grouped: bool) -> GradientMatcher:
+        return GradientMatcher(obs, distance="cosine", render=lambda v: (v, labels), device="cuda",
+                               regularizer=lambda inputs, _: 1e-2 * total_variation(inputs), **grouped)
+
+    x = torch.randn(3, obs.batch_size, *obs.image_shape, generator=torch.Generator().manual_seed(3)).cuda()
+    with policy("cuda", seed=0):
+        looped, grouped = matcher(), matcher(grouped_restarts=True)
+        # Execute: the first grouped call checks itself against the looped step; the second runs grouped alone
+        steps = [(looped.step([x]), grouped.step([x])) for _ in range(2)]
+    # Assert: each restart's gradient, loss and distance agree with the looped step's; grouping was kept
+    for ((g_looped,), l_looped, d_looped), ((g_grouped,), l_grouped, d_grouped) in steps:
+        assert float((g_grouped - g_looped).norm() / g_looped.norm()) < 1e-4
+        torch.testing.assert_close(d_grouped, d_looped, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(l_grouped, l_looped, rtol=1e-4, atol=1e-6)
+    assert grouped.grouped_refusal is None and grouped._grouped is not None
