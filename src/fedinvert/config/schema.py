@@ -218,9 +218,11 @@ def resolve_config(overrides: Sequence[str] = (), *, base: dict[str, Any] | None
         layers.append(_normalise_groups(base))
     layers.extend(_normalise_groups(load_preset(p)) for p in presets)
     layers.extend(_parse_overrides(overrides))
-    # consecutive layers that neither replace the defences nor switch a group's class merge in one OmegaConf
-    # call (each merge copies the whole configuration: one per override took 0.03 s of a run's start, now 0.015)
+    # the layers merge in one OmegaConf call (each merge copies the whole configuration: one per override took
+    # 0.03 s of a run's start); only replacing the defences merges what came before first
     pending: list[dict[str, Any]] = []
+    # each group's class name as merging would leave it so far; absent while the group is not a mapping yet
+    names = {group: merged[group].get("name") for group in GROUPS if isinstance(merged.get(group), dict)}
     for layer in layers:
         if "__replace_defense__" in layer:
             merged = _merge(merged, pending)
@@ -230,16 +232,20 @@ def resolve_config(overrides: Sequence[str] = (), *, base: dict[str, Any] | None
         unknown = sorted(set(layer) - set(DEFAULTS))
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown config key; known: {', '.join(sorted(DEFAULTS))}")
-        if any(isinstance(layer.get(group), dict) and "name" in layer[group] for group in GROUPS):
-            merged = _merge(merged, pending)
-            pending = []
         for group in GROUPS:
-            # naming another class for a group drops the previous class's keywords
             new = layer.get(group)
-            old = merged.get(group)
-            if isinstance(new, dict) and isinstance(old, dict) and "name" in new and new["name"] != old.get("name"):
+            if not isinstance(new, dict):
+                continue
+            if "name" not in new:
+                names.setdefault(group, None)
+                continue
+            if group in names and new["name"] != names[group]:
+                # naming another class for a group drops the previous class's keywords, set so far by the
+                # defaults or by earlier layers
                 defaults = DEFAULTS.get(group)
                 merged[group] = {k: v for k, v in defaults.items() if k != "name"} if isinstance(defaults, dict) else {}
+                pending = [{k: v for k, v in p.items() if k != group} for p in pending]
+            names[group] = new["name"]
         pending.append(layer)
     return validate_config(_merge(merged, pending))
 
