@@ -173,3 +173,59 @@ def test_a_victim_that_mixes_samples_fails_the_first_step_check_and_runs_looped(
         torch.testing.assert_close(grad, ref)  # the looped result, exactly
         torch.testing.assert_close(dist, ref_dist)
     assert matcher.grouped_refusal == "its first step disagreed with the looped step" and matcher._grouped is None
+
+
+class FixedBatch(nn.Module):
+    """A victim that reshapes with its batch size written in: the stacked restarts' batch makes it raise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * SIZE * SIZE, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x.reshape(BATCH, 3 * SIZE * SIZE))
+
+
+class PlainNorm(nn.Module):
+    """A victim with a BatchNorm without affine parameters: nothing per restart to swap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4, affine=False)
+        self.fc = nn.Linear(4 * SIZE * SIZE, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(torch.sigmoid(self.norm(self.conv(x))), 1))
+
+
+def test_a_victim_that_fails_on_the_stacked_batch_runs_looped_and_says_why() -> None:
+    obs = observation(FixedBatch())
+    x = start(3)
+    matcher = grouped_matcher(obs)
+    (grad,), _, dist = matcher.step([x])
+    ref_grad, _, ref_dist = reference_step(obs, x, "cosine")
+    assert float((grad - ref_grad).norm() / ref_grad.norm()) < 1e-4
+    torch.testing.assert_close(dist, ref_dist, rtol=1e-4, atol=1e-6)
+    assert (matcher.grouped_refusal or "").startswith("its first step failed (RuntimeError") and matcher._grouped is None
+
+
+@pytest.mark.parametrize(("mode", "grouped"), [("eval", True), ("train", False)])
+def test_a_normalisation_without_parameters_stays_as_it_is(mode: str, grouped: bool) -> None:
+    # eval: running statistics, per sample, so grouping holds; train: batch statistics over the stacked
+    # restarts would mix them, which the first step's check catches
+    obs = observation(victim_in_mode(PlainNorm(), mode))
+    x = start(3)
+    ref_grad, _, ref_dist = reference_step(obs, x, "cosine")
+    matcher = grouped_matcher(obs)
+    for _ in range(2):
+        (grad,), _, dist = matcher.step([x])
+        assert float((grad - ref_grad).norm() / ref_grad.norm()) < 1e-4
+        torch.testing.assert_close(dist, ref_dist, rtol=1e-4, atol=1e-6)
+    assert (matcher._grouped is not None) == grouped
+
+
+def victim_in_mode(model: nn.Module, mode: str) -> nn.Module:
+    with torch.no_grad():  # running statistics off their fresh (0, 1)
+        model.train()(torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5)) * 1.5 + 0.2)
+    return model.train(mode == "train")

@@ -180,7 +180,7 @@ class GroupedVictim:
         for name, child in list(module.named_children()):
             path = f"{prefix}{name}"
             kind = _swapped(child)
-            if kind is None:
+            if kind is None or not any(True for _ in child.parameters(recurse=False)):  # nothing per restart
                 self._swap(child, f"{path}.")
                 continue
             grouped = kind(child)

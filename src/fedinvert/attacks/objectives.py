@@ -411,8 +411,26 @@ class GradientMatcher:
         return grads, torch.stack(losses), torch.stack(dists)
 
     def _grouped_step(self, variables: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
-        """All restarts in one plain-autograd pass through the grouped victim; the first call is checked
-        against the looped step, and a disagreement ends grouping for this matcher (its looped result kept)."""
+        """All restarts in one plain-autograd pass through the grouped victim. The first call is checked
+        against the looped step: a disagreement, or an error the victim's ``forward`` raises for the stacked
+        batch, ends grouping for this matcher (the looped result kept)."""
+        if self._grouped_checked:
+            return self._grouped_pass(variables)
+        self._grouped_checked = True
+        looped = self._looped_step(variables)
+        try:
+            result = self._grouped_pass(variables)
+        except (RuntimeError, ValueError, IndexError, TypeError) as err:  # what torch raises for a bad shape
+            self.grouped_refusal = f"its first step failed ({type(err).__name__}: {str(err).splitlines()[0]})"
+        else:
+            if _agree(result, looped):
+                return result
+            self.grouped_refusal = "its first step disagreed with the looped step"
+        self._grouped = None
+        log.warning("restarts run looped: the grouped victim's %s", self.grouped_refusal.removeprefix("its "))
+        return looped
+
+    def _grouped_pass(self, variables: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
         assert self._grouped is not None
         restarts = variables[0].shape[0]
         leaves = tuple(v.requires_grad_(True) for v in variables)
@@ -428,16 +446,7 @@ class GradientMatcher:
             loss = dist + torch.stack([self.regularizer(inputs, chain)
                                        for (inputs, _), chain in zip(rendered, chains, strict=True)])
         grads = torch.autograd.grad(loss.sum(), leaves)
-        result = grads, loss.detach(), dist.detach()
-        if not self._grouped_checked:
-            self._grouped_checked = True
-            looped = self._looped_step(variables)
-            if not _agree(result, looped):
-                self._grouped = None
-                self.grouped_refusal = "its first step disagreed with the looped step"
-                log.warning("restarts run looped: the grouped victim's first step disagreed with the looped one")
-                return looped
-        return result
+        return grads, loss.detach(), dist.detach()
 
     def _functional_step(self, variables: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
         """The functional step of all restarts: vmapped, or one chain at a time (one restart, ``loop_restarts``)."""
