@@ -67,6 +67,7 @@ def table(victims: list[str], *, batches: int = 4, batch_size: int = 1, compiled
         observations = [observation(name, seed, b) for seed in range(n)]
         labels = [obs.labels for obs in observations]
         x = torch.randn(n, b, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+        matchers = [attack.make_matcher(o, y, form="vmap") for o, y in zip(observations, labels, strict=True)]
         eager_one = None
         for form in ("vmapped", "grouped", "compiled") if compiled else ("vmapped", "grouped"):
             compile_step = form == "compiled"
@@ -76,7 +77,6 @@ def table(victims: list[str], *, batches: int = 4, batch_size: int = 1, compiled
                 eager_one = eager_one if compile_step else one
             else:
                 one = eager_one
-            matchers = [attack.make_matcher(o, y, form="vmap") for o, y in zip(observations, labels, strict=True)]
             batched = BatchedMatcher(matchers, labels, restarts=1, distance=attack.distance,
                                      regularizer=attack.regularizer(observations[0]), compile=compile_step,
                                      grouped=form == "grouped")

@@ -443,9 +443,10 @@ def _fastest_eager(
     if known is None:
         known = recorded_form(identity)
         decision.form_source = "recorded on this machine"
+    if known not in forms:  # nothing usable recorded: probe them all
+        known = None
     timings: dict[str, tuple[T, float]] = {}
-    fresh = known is None or known not in forms  # nothing usable recorded: probe them all
-    for form in forms if fresh or known is None else (known,):
+    for form in forms if known is None else (known,):
         built = build(form)
         if not _refused(built, form, decision):
             seconds = timed_probe(lambda built=built: probe(built), device)  # type: ignore[misc]
@@ -457,7 +458,7 @@ def _fastest_eager(
     form = min(timings, key=lambda f: timings[f][1])
     _EAGER_FORM_HERE[identity] = form
     decision.form, decision.eager_step_seconds = form, timings[form][1]
-    if fresh:
+    if known is None:
         decision.form_source = "probed"
         probed = {f: timings[f][1] for f in timings}
         decision.looped_step_seconds, decision.vmapped_step_seconds = probed.get(EAGER), probed.get(VMAP)

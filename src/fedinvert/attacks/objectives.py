@@ -35,10 +35,22 @@ DISTANCES: Registry[Tensor] = Registry("gradient distance")
 _EPS = 1e-12
 
 
+Reduce = Callable[[Tensor], Tensor]
+
+
+def _per_chain(t: Tensor) -> Tensor:
+    """Sum over all but the leading chain dimension: (R, ...) → (R,)."""
+    return t.flatten(1).sum(1)
+
+
 @DISTANCES.register("l2")
 def l2_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
     """Squared Euclidean distance summed over all tensors (DLG, Zhu et al. 2019)."""
-    return sum(((d - t) ** 2).sum() for d, t in zip(dummy, target, strict=True))  # type: ignore[return-value]
+    return _l2(dummy, target, torch.sum)
+
+
+def _l2(dummy: Sequence[Tensor], target: Sequence[Tensor], reduce: Reduce) -> Tensor:
+    return sum(reduce((d - t) ** 2) for d, t in zip(dummy, target, strict=True))  # type: ignore[return-value]
 
 
 @DISTANCES.register("cosine")
@@ -47,9 +59,11 @@ def cosine_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor
     return _cosine(dummy, target, sum((t * t).sum() for t in target))  # type: ignore[arg-type]
 
 
-def _cosine(dummy: Sequence[Tensor], target: Sequence[Tensor], target_sq: Tensor) -> Tensor:
-    dot = sum((d * t).sum() for d, t in zip(dummy, target, strict=True))
-    dn = sum((d * d).sum() for d in dummy)
+def _cosine(dummy: Sequence[Tensor], target: Sequence[Tensor], target_sq: Tensor, reduce: Reduce = torch.sum) -> Tensor:
+    """1 − cosine of ``dummy`` and ``target`` given the target's squared norm; ``reduce`` sums each product
+    (whole tensors, or `_per_chain`)."""
+    dot = sum(reduce(d * t) for d, t in zip(dummy, target, strict=True))
+    dn = sum(reduce(d * d) for d in dummy)
     return 1 - dot / (torch.sqrt(dn) * torch.sqrt(target_sq) + _EPS)  # type: ignore[operator, arg-type]
 
 
@@ -57,17 +71,11 @@ def restart_distance(name: str, dummy: Sequence[Tensor], target: Sequence[Tensor
     """Distance ``name`` (``cosine`` or ``l2``) of each chain's update: ``dummy`` tensors have a leading chain
     dimension R; ``target`` tensors have it too (each chain its own observation) or not (one target for all
     restarts). Returns (R,), each entry the distance `DISTANCES` gives."""
-
-    def per_chain(t: Tensor) -> Tensor:
-        return t.flatten(1).sum(1)
-
     if name == "l2":
-        return sum(per_chain((d - t) ** 2) for d, t in zip(dummy, target, strict=True))  # type: ignore[return-value]
-    dot = sum(per_chain(d * t) for d, t in zip(dummy, target, strict=True))
-    dn = sum(per_chain(d * d) for d in dummy)
-    target_sq = sum(per_chain(t * t) if t.dim() == d.dim() else (t * t).sum()
+        return _l2(dummy, target, _per_chain)
+    target_sq = sum(_per_chain(t * t) if t.dim() == d.dim() else (t * t).sum()
                     for d, t in zip(dummy, target, strict=True))
-    return 1 - dot / (torch.sqrt(dn) * torch.sqrt(target_sq) + _EPS)  # type: ignore[operator, arg-type]
+    return _cosine(dummy, target, target_sq, _per_chain)  # type: ignore[arg-type]
 
 
 def grouped_update(
@@ -440,13 +448,10 @@ class GradientMatcher:
                   for name, p in {**self.params, **self.frozen}.items()}
         update = grouped_update(self._grouped, copies, self.names, torch.cat([inputs for inputs, _ in rendered]),
                                 [labels for _, labels in rendered])
-        dist = restart_distance(self.distance_name, self._kept(update), self.target)
-        loss = dist
-        if self.regularizer is not None:
-            loss = dist + torch.stack([self.regularizer(inputs, chain)
-                                       for (inputs, _), chain in zip(rendered, chains, strict=True)])
-        grads = torch.autograd.grad(loss.sum(), leaves)
-        return grads, loss.detach(), dist.detach()
+        penalties = None if self.regularizer is None else [
+            self.regularizer(inputs, chain) for (inputs, _), chain in zip(rendered, chains, strict=True)]
+        return _grouped_result(restart_distance(self.distance_name, self._kept(update), self.target), penalties,
+                               leaves)
 
     def _functional_step(self, variables: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
         """The functional step of all restarts: vmapped, or one chain at a time (one restart, ``loop_restarts``)."""
@@ -486,6 +491,15 @@ class GradientMatcher:
         self.evaluations += 1
         held = [g.detach() * (1 - k) for g, k in zip(grads, self.kept, strict=True)]
         return float(self.heldout_fn(held, self._held_target))
+
+
+def _grouped_result(
+    dist: Tensor, penalties: list[Tensor] | None, leaves: tuple[Tensor, ...]
+) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+    """A grouped step's (grads w.r.t. ``leaves``, loss[R], distance[R]): each chain's distance plus its
+    regulariser's penalty, differentiated in one pass (the chains are independent)."""
+    loss = dist if penalties is None else dist + torch.stack(penalties)
+    return torch.autograd.grad(loss.sum(), leaves), loss.detach(), dist.detach()
 
 
 def _agree(a: tuple[tuple[Tensor, ...], Tensor, Tensor], b: tuple[tuple[Tensor, ...], Tensor, Tensor]) -> bool:
@@ -608,12 +622,8 @@ class BatchedMatcher:
         params = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
         frozen = {n: p.expand(chains, *p.shape) for n, p in self.first.frozen.items()}
         update = grouped_update(self.grouped, {**params, **frozen}, self.names, x.flatten(0, 1), list(self.labels))
-        dist = restart_distance(self.distance, update, self.targets)
-        loss = dist
-        if self.regularizer is not None:
-            loss = dist + torch.stack([self.regularizer(x[c], (x[c],)) for c in range(chains)])
-        (grad,) = torch.autograd.grad(loss.sum(), x)
-        return (grad,), loss.detach(), dist.detach()
+        penalties = None if self.regularizer is None else [self.regularizer(x[c], (x[c],)) for c in range(chains)]
+        return _grouped_result(restart_distance(self.distance, update, self.targets), penalties, (x,))
 
 
 FEDAVG_MODES = ("strong", "weak", "none")

@@ -222,12 +222,15 @@ class PixelAttack(Attack):
                 return "different batch sizes"
         return None
 
-    def _batched_matcher(self, observations: Sequence[Observation], labels: Sequence[Tensor], *,
-                         form: str = compilation.VMAP) -> BatchedMatcher:
-        """The batched step in ``form``: `compilation.VMAP`, ``GROUPED`` (falling back to vmapped where the
-        victim cannot be grouped) or ``COMPILED``."""
-        matchers = [self.make_matcher(obs, y, form=compilation.VMAP) for obs, y in zip(observations, labels,
-                                                                                       strict=True)]
+    def _vmappable_matchers(self, observations: Sequence[Observation], labels: Sequence[Tensor]
+                            ) -> list[GradientMatcher]:
+        """One functional matcher per observation: what a batched step reads (and never changes)."""
+        return [self.make_matcher(obs, y, form=compilation.VMAP) for obs, y in zip(observations, labels, strict=True)]
+
+    def _batched_matcher(self, observations: Sequence[Observation], labels: Sequence[Tensor],
+                         matchers: Sequence[GradientMatcher], *, form: str = compilation.VMAP) -> BatchedMatcher:
+        """The batched step of ``matchers`` (`_vmappable_matchers`) in ``form``: `compilation.VMAP`, ``GROUPED``
+        (falling back to vmapped where the victim cannot be grouped) or ``COMPILED``."""
         options = {"restarts": self.restarts, "distance": self.distance,
                    "regularizer": self.regularizer(observations[0]), "compile": form == compilation.COMPILED}
         if form == compilation.GROUPED:
@@ -246,8 +249,9 @@ class PixelAttack(Attack):
         start = torch.randn((len(observations) * self.restarts, size, *observations[0].image_shape),
                             generator=torch.Generator().manual_seed(0)).to(self.device)
         together = float("inf")  # the batched step in whichever uncompiled form times faster
+        matchers = self._vmappable_matchers(observations, labels)
         for form in BATCHED_FORMS:
-            batched = self._batched_matcher(observations, labels, form=form)
+            batched = self._batched_matcher(observations, labels, matchers, form=form)
             together = min(together, compilation.timed_probe(functools.partial(batched.step, [start]), self.device))
         forms = compilation.UNCOMPILED if self.restarts > 1 else (compilation.EAGER,)
         one = float("inf")  # a separate run of several restarts steps in whichever form its probe finds fastest
@@ -278,10 +282,11 @@ class PixelAttack(Attack):
         labels = self._labels(observations)
         x0 = torch.cat([random_inputs(obs, shape, rng, self.device, self.init)
                         for obs, rng in zip(observations, rngs, strict=True)])
+        matchers = self._vmappable_matchers(observations, labels)
         batched, decision = compilation.choose(
             self.compile,
             steps=self.iterations,
-            build=lambda form: self._batched_matcher(observations, labels, form=form),
+            build=lambda form: self._batched_matcher(observations, labels, matchers, form=form),
             probe=lambda candidate: candidate.step([x0]),
             key=lambda: compilation.step_key(f"{type(self).__name__}-batched", [observations[0].model], [x0.shape],
                                              self.device),
