@@ -190,6 +190,9 @@ CASES = [
     (["normalization={mean: [.nan], std: [1]}"], "normalization.mean"),
     (["normalization={mean: [0.5, 0.5], std: [1, 1]}"], "normalization.mean"),
     (["channels=1", "normalization={mean: [0.1, 0.2, 0.3], std: [1, 1, 1]}"], "normalization.mean"),
+    # a later value of another kind replaces the earlier one, and the checks name what is wrong with it
+    (["normalization={mean: [0.5], std: [0.5]}", "normalization=[0.5]"], "normalization"),
+    (["attack.iterations=[1]", "attack.iterations={a: 1}"], "attack.iterations"),
     # keys a saved observation has fixed
     ([f"observation={OBS}", "batch_size=4"], "batch_size"),
     ([f"observation={OBS}", "defense=clipping"], "defense.clipping"),

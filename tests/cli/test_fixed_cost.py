@@ -22,8 +22,8 @@ def fresh(code: str, **env: str) -> dict:
 
 def test_the_command_line_module_imports_neither_torch_nor_pydantic() -> None:
     seen = fresh("import json, sys; import fedinvert.cli; "
-                 "print(json.dumps({m: m in sys.modules for m in ('torch', 'pydantic', 'omegaconf', 'numpy')}))")
-    assert seen == {"torch": False, "pydantic": False, "omegaconf": False, "numpy": False}
+                 "print(json.dumps({m: m in sys.modules for m in ('torch', 'pydantic', 'deepmerge', 'numpy')}))")
+    assert seen == {"torch": False, "pydantic": False, "deepmerge": False, "numpy": False}
 
 
 def test_package_names_resolve_on_first_use() -> None:
