@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedinvert import perceptual
 from fedinvert.errors import CheckpointError, ConfigError
 from fedinvert.perceptual import BlurPool, PerceptualDistance, load_network, lpips, st_lpips, st_lpips_weights
 
@@ -20,6 +21,14 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def own_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The safetensors copies of this module's weight files go to a folder of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEDINVERT_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 def smooth(batch: int, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -131,3 +140,35 @@ def test_a_network_loaded_uninitialised_equals_one_initialised_then_loaded(tmp_p
         assert torch.equal(a, b), name
     a, b = smooth(2, seed=1), smooth(2, seed=2)
     assert torch.equal(loaded(a, b), reference(a, b))
+
+
+def test_a_pth_file_is_read_through_its_safetensors_copy_and_a_bad_copy_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "copied.pth"
+    torch.save(_random_state("alex"), path)
+    first = load_network(path)
+    copies = list((perceptual.cache_root() / "perceptual").glob("copied-*.safetensors"))
+    assert len(copies) == 1
+    with monkeypatch.context() as patch:  # the second load reads only the copy
+        patch.setattr(perceptual, "_read_state", lambda _: pytest.fail("the .pth file was read again"))
+        perceptual._load_cached.cache_clear()
+        assert torch.equal(load_network(path).heads[0].weight, first.heads[0].weight)
+    a, b = smooth(2, seed=1), smooth(2, seed=2)
+    for damage in (None, b"not safetensors", "foreign"):
+        if damage == "foreign":
+            from safetensors.torch import save_file
+
+            save_file({"fc.weight": torch.zeros(2, 2)}, str(copies[0]))
+        elif damage is not None:
+            copies[0].write_bytes(damage)
+        perceptual._load_cached.cache_clear()
+        again = load_network(path)
+        assert again is not first
+        for (name, x), (_, y) in zip(again.state_dict().items(), first.state_dict().items(), strict=True):
+            assert torch.equal(x, y), name
+        assert torch.equal(again(a, b), first(a, b))
+    perceptual._load_cached.cache_clear()
+    path.write_bytes(b"not a checkpoint")  # the file changed: its old copy is not read
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_network(path)
