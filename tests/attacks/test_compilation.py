@@ -91,12 +91,20 @@ def test_forced_settings_of_one_restart_build_once_without_a_probe() -> None:
 def test_a_small_saving_stays_eager_without_reading_the_record(own_cache: Path) -> None:
     compilation.remember("k", 0.01)  # even a record this cheap is not consulted below the floor
     chosen, decision, built = decide("auto", steps=100, step_seconds=0.002)
-    assert not decision.compiled and len(built) == 1 and chosen.calls == 1 + compilation.PROBE_STEPS
-    assert decision.predicted_compile_seconds is None
+    # 100 × (first step ≥ 2 ms) × 0.25 is far below the 1 s floor: the first step's time settles it, no timed steps
+    assert not decision.compiled and len(built) == 1 and chosen.calls == decision.probe_calls == 1
+    assert decision.predicted_compile_seconds is None and "from the first step's time" in decision.reason
     assert decision.predicted_saving_seconds == pytest.approx(
         100 * decision.eager_step_seconds * (1 - compilation.COMPILED_STEP_RATIO)
     )
     assert 0.002 <= decision.eager_step_seconds < 0.05
+
+
+def test_a_first_step_that_does_not_settle_the_floor_is_followed_by_timed_steps() -> None:
+    # 4000 × 5 ms × 0.25 = 5 s, above the floor: the step is timed as the mean of PROBE_STEPS more calls
+    chosen, decision, _ = decide("auto", steps=4000, step_seconds=0.005)
+    assert chosen.calls == decision.probe_calls == 1 + compilation.PROBE_STEPS
+    assert "from the first step's time" not in decision.reason
 
 
 def test_without_a_record_the_cold_estimate_decides() -> None:

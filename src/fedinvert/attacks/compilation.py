@@ -129,6 +129,7 @@ class CompileDecision:
     form_source: str | None = None  # restarts > 1: probed, recorded on this machine, or chosen in this process
     step_ratio: float | None = None  # compiled / eager step the prediction assumed
     compile_seconds: float | None = None  # measured, when it compiled
+    probe_calls: int | None = None  # steps the probe ran (1: eager_step_seconds is the first step's, an upper bound)
     measured_step_ratio: float | None = None  # compiled step (measured over the run) / probed eager step
 
     @property
@@ -307,20 +308,32 @@ def cold_estimate(tensors: int) -> float:
     return COLD_SECONDS + COLD_SECONDS_PER_TENSOR * tensors
 
 
-def timed_probe(probe: Callable[[], Any], device: torch.device) -> float:
-    """Seconds of one eager step: one untimed call, then the mean of `PROBE_STEPS` timed ones."""
+def timed_probe(probe: Callable[[], Any], device: torch.device, *,
+                settled: Callable[[float], bool] | None = None) -> float:
+    """Seconds of one eager step: one untimed call, then the mean of `PROBE_STEPS` timed ones. Where ``settled``
+    holds for the first call's seconds, those are returned without the timed calls: the first call also warms
+    up, so its time bounds the step from above (a decision that this bound already settles needs no more)."""
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    start = time.perf_counter()
     probe()
     sync()
+    first = time.perf_counter() - start
+    if settled is not None and settled(first):
+        return first
     start = time.perf_counter()
     for _ in range(PROBE_STEPS):
         probe()
     sync()
     return (time.perf_counter() - start) / PROBE_STEPS
+
+
+def below_floor(steps: int) -> Callable[[float], bool]:
+    """Whether an eager step of the given seconds saves at most `WARM_FLOOR_SECONDS` over ``steps`` compiled."""
+    return lambda seconds: steps * seconds * (1 - COMPILED_STEP_RATIO) <= WARM_FLOOR_SECONDS
 
 
 #: the faster eager form found for a key in this process, so repeated runs here take the same path
@@ -378,11 +391,12 @@ def choose(
         return (_compiled(decision, build, key, try_vmap=True) if wanted else _uncounted(eager)), decision
     step = decision.eager_step_seconds
     assert step is not None
-    if steps * step * (1 - COMPILED_STEP_RATIO) <= WARM_FLOOR_SECONDS:  # no ratio measured here is lower
+    if below_floor(steps)(step):  # no ratio measured here is lower
         decision.predicted_saving_seconds = steps * step * (1 - COMPILED_STEP_RATIO)
+        bound = ", from the first step's time" if decision.probe_calls == 1 else ""
         decision.reason = (
-            f"the saving (at most {decision.predicted_saving_seconds:.2f} s) is below {WARM_FLOOR_SECONDS:g} s, less"
-            " than any compilation in a fresh process costs"
+            f"the saving (at most {decision.predicted_saving_seconds:.2f} s{bound}) is below {WARM_FLOOR_SECONDS:g} s,"
+            " less than any compilation in a fresh process costs"
         )
         return _uncounted(eager), decision
     identity = key()
@@ -435,7 +449,16 @@ def _fastest_eager(
     decision = CompileDecision(name, "", steps=steps)
     if not try_vmap:
         eager = build(EAGER)
-        decision.form, decision.eager_step_seconds = EAGER, timed_probe(lambda: probe(eager), device)
+        calls = 0
+
+        def counted() -> None:
+            nonlocal calls
+            calls += 1
+            probe(eager)
+
+        # (attack.compile=auto here) a first step too cheap to pay for compiling even at its warming-up time decides
+        decision.form, decision.eager_step_seconds = EAGER, timed_probe(counted, device, settled=below_floor(steps))
+        decision.probe_calls = calls
         return eager, decision
     identity = key()
     known = _EAGER_FORM_HERE.get(identity)
