@@ -15,12 +15,15 @@ from fedinvert.attacks.objectives import (
     GradientMatcher,
     MaskedCosineDistance,
     build_distance,
+    chain_penalties,
     cosine_distance,
     l2_distance,
     layer_cosine_distance,
     magnitude_masks,
+    restart_distance,
     total_variation,
 )
+from fedinvert.attacks.optimization.inverting_gradients import ImagePrior
 from fedinvert.errors import ConfigError
 from fedinvert.fl.fedsgd import FedSGDClient
 from fedinvert.models import build_model
@@ -248,3 +251,29 @@ def test_whole_update_distances_equal_their_per_tensor_sums_in_float64() -> None
     assert float(build_distance("cosine", target)(dummy, target)) == pytest.approx(float(1 - dot / norms), abs=1e-6)
     l2 = sum(((d - t) ** 2).sum() for d, t in zip(d64, t64, strict=True))
     assert float(l2_distance(dummy, target)) == pytest.approx(float(l2), rel=1e-6)
+
+
+def test_per_chain_distances_and_penalties_equal_one_chain_at_a_time() -> None:
+    g = torch.Generator().manual_seed(3)
+    dummy = [torch.randn(3, 4, 5, generator=g), torch.randn(3, 7, generator=g)]  # 3 chains of two tensors
+    target = [torch.randn(4, 5, generator=g), torch.randn(7, generator=g)]
+    chains = [[t[r] for t in dummy] for r in range(3)]
+    for name, whole in (("cosine", cosine_distance), ("l2", l2_distance)):
+        torch.testing.assert_close(restart_distance(name, dummy, target),
+                                   torch.stack([whole(c, target) for c in chains]))
+        own = [torch.stack([t + r for r in range(3)]) for t in target]  # each chain its own target
+        torch.testing.assert_close(restart_distance(name, dummy, own),
+                                   torch.stack([whole(c, [t[r] for t in own]) for r, c in enumerate(chains)]))
+    x = torch.randn(3, 2, 3, 8, 8, generator=g)
+    prior = ImagePrior(tv=0.3, norm=0.01)
+    looped = torch.stack([prior(c) for c in x.unbind(0)])
+    assert looped.shape == (3,) and float(looped.min()) > 0
+    torch.testing.assert_close(chain_penalties(prior, x.unbind(0), [(c,) for c in x.unbind(0)]), looped)
+    plain = []  # any other regulariser is called once per chain, with that chain's variables
+
+    def regulariser(inputs: Tensor, variables: tuple[Tensor, ...]) -> Tensor:
+        plain.append(variables)
+        return prior(inputs)
+
+    torch.testing.assert_close(chain_penalties(regulariser, x.unbind(0), [(c,) for c in x.unbind(0)]), looped)
+    assert len(plain) == 3 and chain_penalties(None, x.unbind(0), []) is None

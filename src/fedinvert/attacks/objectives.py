@@ -165,16 +165,21 @@ def build_distance(name: str, target: Sequence[Tensor], *, prune_ratio: float = 
 DISTANCES.add("masked_cosine", MaskedCosineDistance)  # type: ignore[arg-type]
 
 
-def total_variation(x: Tensor) -> Tensor:
-    """Anisotropic total variation: mean |dx| + mean |dy| of a (B, C, H, W) tensor."""
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-    return dx + dy
+def total_variation(x: Tensor, *, chains: bool = False) -> Tensor:
+    """Anisotropic total variation: mean |dx| + mean |dy| of a (B, C, H, W) tensor; with ``chains``, of each
+    chain of an (R, B, C, H, W) tensor: (R,)."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs()
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs()
+    if chains:
+        return dx.flatten(1).mean(1) + dy.flatten(1).mean(1)
+    return dx.mean() + dy.mean()
 
 
-def image_norm(x: Tensor) -> Tensor:
-    """‖x‖₂ divided by the number of pixels per channel (GIFD's 1e-6·‖x‖₂/H·W term)."""
-    return x.norm() / (x.shape[-1] * x.shape[-2])
+def image_norm(x: Tensor, *, chains: bool = False) -> Tensor:
+    """‖x‖₂ divided by the number of pixels per channel (GIFD's 1e-6·‖x‖₂/H·W term); with ``chains``, of each
+    chain of an (R, B, C, H, W) tensor: (R,)."""
+    norm = x.flatten(1).norm(dim=1) if chains else x.norm()
+    return norm / (x.shape[-1] * x.shape[-2])
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
@@ -445,16 +450,14 @@ class GradientMatcher:
         assert self._grouped is not None
         restarts = variables[0].shape[0]
         leaves = tuple(v.requires_grad_(True) for v in variables)
-        chains = [tuple(v[r] for v in leaves) for r in range(restarts)]
+        chains = list(zip(*(v.unbind(0) for v in leaves), strict=True))  # one op a variable (a stack backward)
         rendered = [self.render(*chain) for chain in chains]
+        inputs = [x for x, _ in rendered]
         copies = {name: p.expand(restarts, *p.shape).requires_grad_(name in self.params)
                   for name, p in {**self.params, **self.frozen}.items()}
-        update = grouped_update(self._grouped, copies, self.names, torch.cat([inputs for inputs, _ in rendered]),
-                                [labels for _, labels in rendered])
-        penalties = None if self.regularizer is None else [
-            self.regularizer(inputs, chain) for (inputs, _), chain in zip(rendered, chains, strict=True)]
-        return _grouped_result(restart_distance(self.distance_name, self._kept(update), self.target), penalties,
-                               leaves)
+        update = grouped_update(self._grouped, copies, self.names, torch.cat(inputs), [y for _, y in rendered])
+        return _grouped_result(restart_distance(self.distance_name, self._kept(update), self.target),
+                               chain_penalties(self.regularizer, inputs, chains), leaves)
 
     def _functional_step(self, variables: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
         """The functional step of all restarts: vmapped, or one chain at a time (one restart, ``loop_restarts``)."""
@@ -496,12 +499,38 @@ class GradientMatcher:
         return float(self.heldout_fn(held, self._held_target))
 
 
+class ChainRegularizer:
+    """A regulariser that can also score R chains' inputs at once: `rows` maps (R, B, ...) inputs to (R,)
+    penalties, row r equal (up to float rounding) to calling it on chain r alone. Grouped and batched steps
+    call `rows` once instead of the regulariser once per chain (`chain_penalties`)."""
+
+    def __call__(self, inputs: Tensor, variables: tuple[Tensor, ...] = ()) -> Tensor:
+        raise NotImplementedError
+
+    def rows(self, inputs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def chain_penalties(
+    regularizer: Callable[[Tensor, tuple[Tensor, ...]], Tensor] | None,
+    inputs: Sequence[Tensor],
+    chains: Sequence[tuple[Tensor, ...]],
+) -> Tensor | None:
+    """Each chain's regulariser penalty, (R,): one `ChainRegularizer.rows` call on the stacked inputs, or one
+    call per chain of any other regulariser. None without a regulariser."""
+    if regularizer is None:
+        return None
+    if isinstance(regularizer, ChainRegularizer):
+        return regularizer.rows(torch.stack(list(inputs)))
+    return torch.stack([regularizer(x, chain) for x, chain in zip(inputs, chains, strict=True)])
+
+
 def _grouped_result(
-    dist: Tensor, penalties: list[Tensor] | None, leaves: tuple[Tensor, ...]
+    dist: Tensor, penalties: Tensor | None, leaves: tuple[Tensor, ...]
 ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
     """A grouped step's (grads w.r.t. ``leaves``, loss[R], distance[R]): each chain's distance plus its
     regulariser's penalty, differentiated in one pass (the chains are independent)."""
-    loss = dist if penalties is None else dist + torch.stack(penalties)
+    loss = dist if penalties is None else dist + penalties
     return torch.autograd.grad(loss.sum(), leaves), loss.detach(), dist.detach()
 
 
@@ -625,7 +654,8 @@ class BatchedMatcher:
         params = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
         frozen = {n: p.expand(chains, *p.shape) for n, p in self.first.frozen.items()}
         update = grouped_update(self.grouped, {**params, **frozen}, self.names, x.flatten(0, 1), list(self.labels))
-        penalties = None if self.regularizer is None else [self.regularizer(x[c], (x[c],)) for c in range(chains)]
+        inputs = x.unbind(0)
+        penalties = chain_penalties(self.regularizer, inputs, [(c,) for c in inputs])
         return _grouped_result(restart_distance(self.distance, update, self.targets), penalties, (x,))
 
 

@@ -18,6 +18,7 @@ from fedinvert.attacks.objectives import (
     BATCHED_DISTANCES,
     FEDAVG_MODES,
     BatchedMatcher,
+    ChainRegularizer,
     GradientMatcher,
     image_norm,
     total_variation,
@@ -34,6 +35,29 @@ BATCHED_FORMS = (compilation.VMAP, compilation.GROUPED)
 
 
 INITS = ("randn", "rand")
+
+
+class ImagePrior(ChainRegularizer):
+    """Inverting Gradients' image prior on the victim's input: ``tv``·TV + ``norm``·‖x‖ (either weight may be 0)."""
+
+    def __init__(self, *, tv: float, norm: float) -> None:
+        self.tv, self.norm = tv, norm
+
+    def __call__(self, inputs: Tensor, variables: tuple[Tensor, ...] = ()) -> Tensor:
+        total = inputs.new_zeros(())
+        if self.tv:
+            total = total + self.tv * total_variation(inputs)
+        if self.norm:
+            total = total + self.norm * image_norm(inputs)
+        return total
+
+    def rows(self, inputs: Tensor) -> Tensor:
+        total = inputs.new_zeros(inputs.shape[0])
+        if self.tv:
+            total = total + self.tv * total_variation(inputs, chains=True)
+        if self.norm:
+            total = total + self.norm * image_norm(inputs, chains=True)
+        return total
 
 
 def random_inputs(
@@ -116,16 +140,7 @@ class PixelAttack(Attack):
 
     def regularizer(self, obs: Observation) -> Callable[[Tensor, tuple[Tensor, ...]], Tensor]:
         """The image prior added to the loss: ``tv``·TV + ``image_norm``·‖x‖ on the victim's input tensor."""
-
-        def reg(inputs: Tensor, variables: tuple[Tensor, ...] = ()) -> Tensor:
-            total = inputs.new_zeros(())
-            if self.tv:
-                total = total + self.tv * total_variation(inputs)
-            if self.image_norm:
-                total = total + self.image_norm * image_norm(inputs)
-            return total
-
-        return reg
+        return ImagePrior(tv=self.tv, norm=self.image_norm)
 
     def make_matcher(self, obs: Observation, labels: Tensor, *, form: str = compilation.EAGER) -> GradientMatcher:
         """The gradient matcher of a run in ``form`` (`compilation.EAGER`, ``VMAP``, ``GROUPED``, ``COMPILED`` or
