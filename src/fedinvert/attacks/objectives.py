@@ -35,49 +35,47 @@ DISTANCES: Registry[Tensor] = Registry("gradient distance")
 _EPS = 1e-12
 
 
-def _flatten(tensors: Sequence[Tensor], *, chains: bool = False) -> Tensor:
-    """The tensors as one vector, or with ``chains`` one row per chain: (R, P) from tensors of shape (R, ...).
+Reduce = Callable[[Tensor], Tensor]
 
-    Distances reduce this one vector instead of each parameter tensor on its own: a few operations a step, and
-    their backward a few, where per-tensor products and sums took four for every tensor of the victim."""
-    return torch.cat([t.flatten(1) if chains else t.flatten() for t in tensors], dim=-1)
+
+def _per_chain(t: Tensor) -> Tensor:
+    """Sum over all but the leading chain dimension: (R, ...) → (R,)."""
+    return t.flatten(1).sum(1)
 
 
 @DISTANCES.register("l2")
 def l2_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
     """Squared Euclidean distance summed over all tensors (DLG, Zhu et al. 2019)."""
-    return _l2(_flatten(dummy), _flatten(target))
+    return _l2(dummy, target, torch.sum)
 
 
-def _l2(dummy: Tensor, target: Tensor) -> Tensor:
-    """Squared distance of flattened updates: (P,) → a scalar, (R, P) → (R,)."""
-    return (dummy - target).square().sum(-1)
+def _l2(dummy: Sequence[Tensor], target: Sequence[Tensor], reduce: Reduce) -> Tensor:
+    return sum(reduce((d - t) ** 2) for d, t in zip(dummy, target, strict=True))  # type: ignore[return-value]
 
 
 @DISTANCES.register("cosine")
 def cosine_distance(dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
     """1 − one cosine similarity over all tensors jointly (Inverting Gradients, Geiping et al. 2020)."""
-    flat = _flatten(target)
-    return _cosine(_flatten(dummy), flat, flat.square().sum(-1))
+    return _cosine(dummy, target, sum((t * t).sum() for t in target))  # type: ignore[arg-type]
 
 
-def _cosine(dummy: Tensor, target: Tensor, target_sq: Tensor) -> Tensor:
-    """1 − cosine of flattened updates ((P,) → a scalar, (R, P) → (R,); ``target`` (P,) serves every row) given
-    the target's squared norm."""
-    dot = (dummy * target).sum(-1)
-    dn = dummy.square().sum(-1)
-    return 1 - dot / (torch.sqrt(dn) * torch.sqrt(target_sq) + _EPS)
+def _cosine(dummy: Sequence[Tensor], target: Sequence[Tensor], target_sq: Tensor, reduce: Reduce = torch.sum) -> Tensor:
+    """1 − cosine of ``dummy`` and ``target`` given the target's squared norm; ``reduce`` sums each product
+    (whole tensors, or `_per_chain`)."""
+    dot = sum(reduce(d * t) for d, t in zip(dummy, target, strict=True))
+    dn = sum(reduce(d * d) for d in dummy)
+    return 1 - dot / (torch.sqrt(dn) * torch.sqrt(target_sq) + _EPS)  # type: ignore[operator, arg-type]
 
 
 def restart_distance(name: str, dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
     """Distance ``name`` (``cosine`` or ``l2``) of each chain's update: ``dummy`` tensors have a leading chain
     dimension R; ``target`` tensors have it too (each chain its own observation) or not (one target for all
     restarts). Returns (R,), each entry the distance `DISTANCES` gives."""
-    rows = _flatten(dummy, chains=True)
-    flat = _flatten(target, chains=target[0].dim() == dummy[0].dim())
     if name == "l2":
-        return _l2(rows, flat)
-    return _cosine(rows, flat, flat.square().sum(-1))
+        return _l2(dummy, target, _per_chain)
+    target_sq = sum(_per_chain(t * t) if t.dim() == d.dim() else (t * t).sum()
+                    for d, t in zip(dummy, target, strict=True))
+    return _cosine(dummy, target, target_sq, _per_chain)  # type: ignore[arg-type]
 
 
 def grouped_update(
@@ -138,18 +136,17 @@ class MaskedCosineDistance:
 
 
 class TargetCosineDistance:
-    """`cosine_distance` with the target flattened and its squared norm computed once: the same numbers, bit for
-    bit, and no work on the observed update per step (it is constant through an attack)."""
+    """`cosine_distance` with the target's squared norm computed once: the same numbers, bit for bit, and one
+    reduction over the observed update less per step (it is constant through an attack)."""
 
     def __init__(self, target: Sequence[Tensor]) -> None:
         self.target = target  # the very sequence object the matcher passes back at every step
-        self.flat = _flatten(target)
-        self.target_sq = self.flat.square().sum(-1)
+        self.target_sq = sum((t * t).sum() for t in target)
 
     def __call__(self, dummy: Sequence[Tensor], target: Sequence[Tensor]) -> Tensor:
         if target is not self.target:
             return cosine_distance(dummy, target)
-        return _cosine(_flatten(dummy), self.flat, self.target_sq)
+        return _cosine(dummy, target, self.target_sq)  # type: ignore[arg-type]
 
 
 def build_distance(name: str, target: Sequence[Tensor], *, prune_ratio: float = 0.0) -> Distance:
