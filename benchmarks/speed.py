@@ -27,6 +27,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -185,9 +186,15 @@ def ig_section(args: argparse.Namespace, grid: list[tuple[str, int]]) -> list[di
     for name, batch in grid:
         n = args.resnet_iterations if name == "resnet18" else args.iterations
         model, obs, target, labels = victim(name, batch)
-        bare = bare_loop(model, target, labels, (batch, 3, 32, 32), iterations=n, device=args.device)
-        eager, _ = fedinvert_loop(obs, iterations=n, compile=False, device=args.device)
-        compiled, compile_s = fedinvert_loop(obs, iterations=n, compile=True, device=args.device)
+        bares, eagers, compileds, compile_times = [], [], [], []
+        for _ in range(args.repeats):  # the loops interleaved; their medians (the first compiled run compiles)
+            bares.append(bare_loop(model, target, labels, (batch, 3, 32, 32), iterations=n, device=args.device))
+            eagers.append(fedinvert_loop(obs, iterations=n, compile=False, device=args.device)[0])
+            step, seconds = fedinvert_loop(obs, iterations=n, compile=True, device=args.device)
+            compileds.append(step)
+            compile_times.append(seconds)
+        compile_s = compile_times[0]
+        bare, eager, compiled = (statistics.median(runs) for runs in (bares, eagers, compileds))
         theirs = None  # breaching's scratch environment is a CPU one
         if args.device == "cpu":
             theirs = breaching_loop(args.breaching_python, model, target, labels, (batch, 3, 32, 32), iterations=n,
@@ -202,6 +209,12 @@ def ig_section(args: argparse.Namespace, grid: list[tuple[str, int]]) -> list[di
               f" {fmt(row['compiled_ms'], '9.2f')} {fmt(compile_s, '9.1f')} {fmt(row['breaching_ms'], '9.2f')}"
               f" {fmt(row['eager_over_bare'], '10.2f')} {fmt(row['compiled_over_bare'], '13.2f')}"
               f" {fmt(row['breaching_over_bare'], '14.2f')}", flush=True)
+        if args.repeats > 1:
+            row["bare_runs_ms"] = " ".join(f"{b * 1e3:.2f}" for b in bares)
+            row["eager_runs_ms"] = " ".join(f"{e * 1e3:.2f}" for e in eagers)
+            row["compiled_runs_ms"] = " ".join(f"{c * 1e3:.2f}" for c in compileds)
+            print(f"{'':<14} medians of {args.repeats} interleaved runs: bare {row['bare_runs_ms']},"
+                  f" eager {row['eager_runs_ms']}, compiled {row['compiled_runs_ms']}", flush=True)
     return rows
 
 
@@ -264,6 +277,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=200, help="extra iterations of the marginal runs (200)")
     parser.add_argument("--resnet-iterations", type=int, default=20, help="the same for resnet18 (20)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="interleaved runs of the bare loop, fedinvert eager and compiled per IG cell; medians (1)")
     parser.add_argument("--gifd-steps", type=int, default=40, help="extra steps a stage of GIFD's runs (40)")
     parser.add_argument("--restarts", type=int, default=4, help="restarts of the restart section (4)")
     parser.add_argument("--victims", default="lenet-dlg,convnet,resnet18")
