@@ -28,7 +28,6 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedinvert.cache import cache_root
+from fedinvert.cache import cache_root, save_tensors
 from fedinvert.data.base import file_key
 from fedinvert.errors import CheckpointError, ConfigError
 
@@ -251,7 +250,7 @@ def _network(state: Mapping[str, Tensor], source: str) -> PerceptualDistance:
 def _load_cached(path: str, mtime_ns: int, size: int) -> PerceptualDistance:
     """The network in ``path``; a ``.pth`` file through its safetensors copy, written once the file has loaded
     (a missing, partial or foreign copy is ignored and the file read again)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     source = Path(path)
     if source.suffix == ".safetensors":
@@ -261,11 +260,8 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> PerceptualDistance:
         return _network(load_file(str(copy)), path)
     state = _read_state(source)
     net = _network(state, path)
-    with contextlib.suppress(OSError, RuntimeError, ValueError):
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        scratch = copy.with_name(f".{copy.name}.{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(scratch))
-        os.replace(scratch, copy)
+    with contextlib.suppress(OSError, RuntimeError, ValueError):  # no copy (a read-only cache): read it next time
+        save_tensors(copy, {k: v.contiguous() for k, v in state.items()})
     return net
 
 

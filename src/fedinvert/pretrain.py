@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fedinvert import determinism
-from fedinvert.cache import cache_root
+from fedinvert.cache import cache_root, save_tensors
 from fedinvert.data.base import DATASETS, Dataset
 from fedinvert.data.loader import _at_run_shape, build_dataset
 from fedinvert.errors import CheckpointError, ConfigError
@@ -174,19 +171,6 @@ def load_weights(model: nn.Module, path: Path, *, name: str, what: str) -> dict[
             raise CheckpointError(f"{what} {path}: tensor {key!r} holds NaN or inf")
     model.load_state_dict(state, strict=True)
     return meta
-
-
-def _save_atomically(path: Path, state: dict[str, Tensor], record: dict[str, Any]) -> None:
-    """Write ``state`` with ``record`` as metadata to a temporary file beside ``path``, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}-", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(state, tmp, metadata={_META_KEY: json.dumps(record)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _train(
@@ -325,7 +309,8 @@ def prepare_victim(
     model.train(was_training)
     accuracy = victim_accuracy(model, data, source, num_classes=num_classes)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _save_atomically(path, state, {"key": material, "losses": losses, "seconds": seconds, **accuracy})
+    entry = {"key": material, "losses": losses, "seconds": seconds, **accuracy}
+    save_tensors(path, state, {_META_KEY: json.dumps(entry)})
     record["pretrain"] = {**pretrain, "cache": "miss", "losses": losses, "seconds": seconds}
     record.update(accuracy)
     return record

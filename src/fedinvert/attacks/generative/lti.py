@@ -16,19 +16,18 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from fedinvert.attacks.base import ATTACKS, Attack, batch_size_of
 from fedinvert.attacks.labels import infer_labels
-from fedinvert.cache import cache_root
+from fedinvert.cache import cache_root, save_tensors
 from fedinvert.errors import CheckpointError, ConfigError, ObservationError
 from fedinvert.observation import Observation, Reconstruction
 
@@ -247,12 +246,9 @@ class LTI(Attack):
             net, info = self.train(obs, batch, project, progress)
             info["cached"] = False
             if self.cache:
-                path.parent.mkdir(parents=True, exist_ok=True)
                 state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
                 state["__scale__"] = torch.tensor(info["scale"])
-                partial = path.with_name(path.name + ".partial")
-                save_file(state, str(partial))
-                os.replace(partial, path)
+                save_tensors(path, state)
         observed = torch.cat([obs.update[n].detach().to(self.device).flatten() for n in obs.parameter_names])[None]
         with torch.no_grad():
             images = net(project(observed) / info["scale"])[0].clamp(0, 1).cpu()
