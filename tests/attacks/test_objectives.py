@@ -268,12 +268,15 @@ def test_per_chain_distances_and_penalties_equal_one_chain_at_a_time() -> None:
     prior = ImagePrior(tv=0.3, norm=0.01)
     looped = torch.stack([prior(c) for c in x.unbind(0)])
     assert looped.shape == (3,) and float(looped.min()) > 0
-    torch.testing.assert_close(chain_penalties(prior, x.unbind(0), [(c,) for c in x.unbind(0)]), looped)
+    torch.testing.assert_close(chain_penalties(prior, x), looped)
     plain = []  # any other regulariser is called once per chain, with that chain's variables
 
     def regulariser(inputs: Tensor, variables: tuple[Tensor, ...]) -> Tensor:
         plain.append(variables)
         return prior(inputs)
 
-    torch.testing.assert_close(chain_penalties(regulariser, x.unbind(0), [(c,) for c in x.unbind(0)]), looped)
-    assert len(plain) == 3 and chain_penalties(None, x.unbind(0), []) is None
+    torch.testing.assert_close(chain_penalties(regulariser, x), looped)
+    assert len(plain) == 3 and all(torch.equal(v[0], c) for v, c in zip(plain, x.unbind(0), strict=True))
+    marks = [(torch.tensor(float(r)),) for r in range(3)]  # variables given per chain reach their own chain
+    torch.testing.assert_close(chain_penalties(regulariser, x, marks), looped)
+    assert [float(v[0]) for v in plain[3:]] == [0.0, 1.0, 2.0] and chain_penalties(None, x) is None

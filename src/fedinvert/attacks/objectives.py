@@ -449,10 +449,10 @@ class GradientMatcher:
         leaves = tuple(v.requires_grad_(True) for v in variables)
         chains = list(zip(*(v.unbind(0) for v in leaves), strict=True))  # one op a variable (a stack backward)
         rendered = [self.render(*chain) for chain in chains]
-        inputs = [x for x, _ in rendered]
+        inputs = torch.stack([x for x, _ in rendered])  # (R, B, ...)
         copies = {name: p.expand(restarts, *p.shape).requires_grad_(name in self.params)
                   for name, p in {**self.params, **self.frozen}.items()}
-        update = grouped_update(self._grouped, copies, self.names, torch.cat(inputs), [y for _, y in rendered])
+        update = grouped_update(self._grouped, copies, self.names, inputs.flatten(0, 1), [y for _, y in rendered])
         return _grouped_result(restart_distance(self.distance_name, self._kept(update), self.target),
                                chain_penalties(self.regularizer, inputs, chains), leaves)
 
@@ -510,16 +510,19 @@ class ChainRegularizer:
 
 def chain_penalties(
     regularizer: Callable[[Tensor, tuple[Tensor, ...]], Tensor] | None,
-    inputs: Sequence[Tensor],
-    chains: Sequence[tuple[Tensor, ...]],
+    inputs: Tensor,
+    chains: Sequence[tuple[Tensor, ...]] | None = None,
 ) -> Tensor | None:
-    """Each chain's regulariser penalty, (R,): one `ChainRegularizer.rows` call on the stacked inputs, or one
-    call per chain of any other regulariser. None without a regulariser."""
+    """Each chain's regulariser penalty, (R,), of the chains' stacked victim inputs (R, B, ...): one
+    `ChainRegularizer.rows` call, or one call per chain of any other regulariser, with that chain's variables
+    from ``chains`` (default: its input alone). None without a regulariser."""
     if regularizer is None:
         return None
     if isinstance(regularizer, ChainRegularizer):
-        return regularizer.rows(torch.stack(list(inputs)))
-    return torch.stack([regularizer(x, chain) for x, chain in zip(inputs, chains, strict=True)])
+        return regularizer.rows(inputs)
+    per_chain = inputs.unbind(0)
+    variables = chains if chains is not None else [(x,) for x in per_chain]
+    return torch.stack([regularizer(x, chain) for x, chain in zip(per_chain, variables, strict=True)])
 
 
 def _grouped_result(
@@ -651,8 +654,7 @@ class BatchedMatcher:
         params = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
         frozen = {n: p.expand(chains, *p.shape) for n, p in self.first.frozen.items()}
         update = grouped_update(self.grouped, {**params, **frozen}, self.names, x.flatten(0, 1), list(self.labels))
-        inputs = x.unbind(0)
-        penalties = chain_penalties(self.regularizer, inputs, [(c,) for c in inputs])
+        penalties = chain_penalties(self.regularizer, x)  # each chain's variables: its input alone
         return _grouped_result(restart_distance(self.distance, update, self.targets), penalties, (x,))
 
 

@@ -267,6 +267,8 @@ class PixelAttack(Attack):
         matchers = self._vmappable_matchers(observations, labels)
         for form in BATCHED_FORMS:
             batched = self._batched_matcher(observations, labels, matchers, form=form)
+            if form == compilation.GROUPED and batched.grouped is None:  # refused: the vmapped step, timed already
+                continue
             together = min(together, compilation.timed_probe(functools.partial(batched.step, [start]), self.device))
         forms = compilation.UNCOMPILED if self.restarts > 1 else (compilation.EAGER,)
         one = float("inf")  # a separate run of several restarts steps in whichever form its probe finds fastest
