@@ -1,14 +1,21 @@
-"""Inverting Gradients: milliseconds per iteration of fedinvert against a bare PyTorch loop, measured in one run.
+"""fedinvert's speed against plain PyTorch loops and breaching 0.1.2, measured in one run: four tables.
 
-The bare loop is what research code does: forward, cross-entropy, `autograd.grad(create_graph=True)`, one
-global cosine over all parameter gradients plus TV, backward to the dummy image, signed Adam, box clamp.
-fedinvert runs the same computation through `InvertingGradients` (eager autograd and the compiled
-functional step). Compilation time is reported apart; ms/iteration is the marginal cost of one more iteration (a short and a
-long run differenced), so fixed per-run costs cancel for every column.
+* **ig**: Inverting Gradients, ms an iteration, of a bare loop (what research code does: forward,
+  cross-entropy, `autograd.grad(create_graph=True)`, one global cosine over all parameter gradients plus TV,
+  backward to the dummy image, signed Adam, box clamp), fedinvert eager and compiled, and breaching 0.1.2;
+* **gifd**: GIFD on the face prior (face-dcgan, all five stages), ms an evaluation, of a bare GIFD loop
+  (`bare_gifd_loop`) and fedinvert eager (and compiled with ``--gifd-compiled``);
+* **restarts**: 4 restarts against 1, IG eager and compiled and GIFD eager;
+* **process**: whole processes, ``fedinvert attack`` against a plain script, IG and GIFD (`process.py`);
+* **batches** (not by default): a study's private batches in one batch (`batched_batches.py`).
 
-    python benchmarks/speed.py                  # lenet-dlg and convnet, B = 1 and 8, 32x32 (≈ 10 min here)
-    python benchmarks/speed.py --iterations 400 --full   # adds resnet18 at B = 1, 8 and 32
-    python benchmarks/speed.py --breaching-python /work/scratch/breaching-venv/bin/python  # + breaching column
+Victims are LeNet-DLG, ConvNet and ResNet-18 at B = 1 and 8, 32 × 32 RGB. ms an iteration is the marginal cost of
+one more iteration (a short and a long run differenced), so fixed per-run costs cancel in every column;
+compilation time is reported apart.
+
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --threads 1 --breaching-python PY   # everything, one thread
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --threads 1 --sections ig --victims lenet-dlg,convnet --repeats 3
+    python benchmarks/speed.py --device cuda --sections ig,gifd,restarts,batches       # on a GPU (gpu_check.sh)
 
 The "breaching ms" column is breaching 0.1.2's ``invertinggradients`` attack (its own configuration; only
 ``optim.max_iterations`` and ``restarts.num_trials = 1`` set, true labels given) on the same victim and observed
@@ -78,6 +85,75 @@ def bare_loop(model, target, labels, shape, *, iterations: int, tv: float = 1e-4
             x.clamp_(-1, 1)
     sync(device)
     return (time.perf_counter() - start) / iterations
+
+
+def project_l1(v, radius):
+    """Each row of ``v`` (N, d) projected onto the ℓ1 ball of radius ``radius`` (N,): the sort-based projection
+    research code writes (Duchi et al. 2008), in plain float arithmetic."""
+    magnitudes = v.abs()
+    u, _ = magnitudes.sort(dim=1, descending=True)
+    css = u.cumsum(dim=1) - radius[:, None]
+    j = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+    rho = (u * j > css).sum(dim=1, keepdim=True).clamp_min(1)
+    theta = css.gather(1, rho - 1) / rho
+    inside = magnitudes.sum(dim=1, keepdim=True) <= radius[:, None]
+    return torch.where(inside, v, v.sign() * (magnitudes - theta).clamp_min(0))
+
+
+def bare_gifd_loop(
+    generator, model, target, labels, shape, *, steps: int, lr: float = 0.3, tv: float = 1e-4,
+    norm: float = 1e-6, radii: tuple[float, ...] = (0.1, 0.3, 0.6, 1.0), device: str = "cpu"
+) -> float:
+    """Seconds per step of a plain GIFD loop (no fedinvert code) through the DCGAN ``generator`` (an
+    ``nn.Sequential`` of four ConvTranspose-BatchNorm-ReLU blocks, then a ConvTranspose and tanh): the latent
+    stage, renormalised to its start norm after every step, then the input of each later block, its deviation
+    from the stage's start projected onto the ℓ1 ball of radius ``radii[k - 1]`` times the start's ℓ1 norm.
+    A step: render from the stage, [-1, 1] to [0, 1], block-average to the victim's size, normalise (0.5),
+    cross-entropy, `autograd.grad(create_graph=True)`, 1 − cosine + ``tv``·TV + ``norm``·‖x‖₂/(H·W), backward to
+    the stage variable, Adam, projection. Each stage runs ``steps`` + 5 steps; the first 5 are not timed."""
+    generator = copy.deepcopy(generator).to(device).eval().requires_grad_(False)
+    model = copy.deepcopy(model).to(device)
+    target, labels = [t.to(device) for t in target], labels.to(device)
+    params = [p for p in model.parameters()]
+    tnorm = torch.sqrt(sum((t * t).sum() for t in target))
+    batch, height = shape[0], shape[2]
+    z = torch.randn(batch, 100, device=device)
+    start = z
+    timed = 0.0
+    for k in range(5):
+        if k > 0:
+            with torch.no_grad():
+                start = generator[3 * k - 3 : 3 * k](start.reshape(batch, 100, 1, 1) if k == 1 else start)
+        rest = generator[3 * k :]
+        x = start.clone().requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=lr)
+        start_norm = start.norm(dim=1, keepdim=True) if k == 0 else None
+        radius = radii[k - 1] * start.flatten(1).abs().sum(dim=1) if k > 0 else None
+        for it in range(steps + 5):
+            if it == 5:
+                sync(device)
+                began = time.perf_counter()
+            opt.zero_grad()
+            images = (rest(x.reshape(batch, 100, 1, 1) if k == 0 else x) + 1) / 2
+            inputs = (F.avg_pool2d(images, images.shape[-1] // height) - 0.5) / 0.5
+            loss = F.cross_entropy(model(inputs), labels)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            dot = sum((g * t).sum() for g, t in zip(grads, target, strict=True))
+            gnorm = torch.sqrt(sum((g * g).sum() for g in grads))
+            rec = 1 - dot / (gnorm * tnorm) + tv * total_variation(inputs) + norm * inputs.norm() / height**2
+            (gx,) = torch.autograd.grad(rec, [x])
+            x.grad = gx
+            opt.step()
+            with torch.no_grad():
+                if k == 0:
+                    x.mul_(start_norm / x.norm(dim=1, keepdim=True))
+                else:
+                    deviation = project_l1((x - start).flatten(1), radius)
+                    x.copy_(start + deviation.reshape(x.shape))
+        sync(device)
+        timed += time.perf_counter() - began
+        start = x.detach()
+    return timed / (5 * steps)
 
 
 def sync(device: str) -> None:
@@ -219,24 +295,38 @@ def ig_section(args: argparse.Namespace, grid: list[tuple[str, int]]) -> list[di
 
 
 def gifd_section(args: argparse.Namespace, grid: list[tuple[str, int]], prior) -> list[dict]:
-    """GIFD on the face prior, ms an evaluation (one stage step), eager and (with --gifd-compiled) compiled."""
+    """GIFD on the face prior, ms an evaluation (one stage step): a plain GIFD loop (`bare_gifd_loop`), fedinvert
+    eager and (with --gifd-compiled) compiled."""
     print(f"\nGIFD, prior face-dcgan (all stages), ms an evaluation (marginal; {args.gifd_steps} extra steps a stage)")
-    print(f"{'model':<10} {'B':>3} {'eager':>9} {'compiled':>9} {'compile s':>9} {'compiled/eager':>14}")
+    print(f"{'model':<10} {'B':>3} {'bare':>9} {'eager':>9} {'compiled':>9} {'compile s':>9} {'eager/bare':>10}"
+          f" {'compiled/bare':>13}")
     rows = []
     for name, batch in grid:
-        _, obs, _, _ = victim(name, batch)
+        model, obs, target, labels = victim(name, batch)
         n = max(2, args.gifd_steps // 10) if name == "resnet18" else args.gifd_steps
-        eager, _ = fedinvert_loop(obs, iterations=n, compile=False, attack="gifd", prior=prior, device=args.device)
+        bares, eagers = [], []
+        for _ in range(args.repeats):  # interleaved, as the IG cells; their medians
+            bares.append(bare_gifd_loop(prior.main, model, target, labels, (batch, 3, 32, 32), steps=n,
+                                        device=args.device))
+            eagers.append(fedinvert_loop(obs, iterations=n, compile=False, attack="gifd", prior=prior,
+                                         device=args.device)[0])
+        bare, eager = statistics.median(bares), statistics.median(eagers)
         compiled = compile_s = None
         if args.gifd_compiled:
             compiled, compile_s = fedinvert_loop(obs, iterations=n, compile=True, attack="gifd", prior=prior,
                                                  device=args.device)
-        row = {"model": name, "batch": batch, "eager_ms": eager * 1e3,
+        row = {"model": name, "batch": batch, "bare_ms": bare * 1e3, "eager_ms": eager * 1e3,
                "compiled_ms": None if compiled is None else compiled * 1e3, "compile_s": compile_s,
-               "compiled_over_eager": ratio(compiled, eager)}
+               "eager_over_bare": eager / bare, "compiled_over_bare": ratio(compiled, bare)}
         rows.append(row)
-        print(f"{name:<10} {batch:>3} {fmt(row['eager_ms'], '9.2f')} {fmt(row['compiled_ms'], '9.2f')}"
-              f" {fmt(compile_s, '9.1f')} {fmt(row['compiled_over_eager'], '14.2f')}", flush=True)
+        print(f"{name:<10} {batch:>3} {fmt(row['bare_ms'], '9.2f')} {fmt(row['eager_ms'], '9.2f')}"
+              f" {fmt(row['compiled_ms'], '9.2f')} {fmt(compile_s, '9.1f')} {fmt(row['eager_over_bare'], '10.2f')}"
+              f" {fmt(row['compiled_over_bare'], '13.2f')}", flush=True)
+        if args.repeats > 1:
+            row["bare_runs_ms"] = " ".join(f"{b * 1e3:.2f}" for b in bares)
+            row["eager_runs_ms"] = " ".join(f"{e * 1e3:.2f}" for e in eagers)
+            print(f"{'':<14} medians of {args.repeats} interleaved runs: bare {row['bare_runs_ms']},"
+                  f" eager {row['eager_runs_ms']}", flush=True)
     return rows
 
 
@@ -265,12 +355,14 @@ def restart_section(args: argparse.Namespace, victims: list[str], prior) -> list
 
 
 def process_section(args: argparse.Namespace) -> None:
-    """Whole processes: `process.py` (fedinvert attack against the plain script, IG on LeNet-DLG)."""
-    print("\nWhole process (benchmarks/process.py):", flush=True)
+    """Whole processes: `process.py` (fedinvert attack against the plain script on LeNet-DLG), IG and GIFD."""
     here = Path(__file__).resolve().parent
-    done = subprocess.run([sys.executable, str(here / "process.py"), "--threads", str(args.threads), "--repeats",
-                           str(args.process_repeats)], capture_output=True, text=True, check=False, cwd=here)
-    print(done.stdout.rstrip() or done.stderr.strip()[-2000:], flush=True)
+    for attack in ("inverting_gradients", "gifd"):
+        print(f"\nWhole process (benchmarks/process.py --attack {attack}):", flush=True)
+        done = subprocess.run([sys.executable, str(here / "process.py"), "--attack", attack, "--threads",
+                               str(args.threads), "--repeats", str(args.process_repeats)],
+                              capture_output=True, text=True, check=False, cwd=here)
+        print(done.stdout.rstrip() or done.stderr.strip()[-2000:], flush=True)
 
 
 def main() -> None:
@@ -278,7 +370,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200, help="extra iterations of the marginal runs (200)")
     parser.add_argument("--resnet-iterations", type=int, default=20, help="the same for resnet18 (20)")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="interleaved runs of the bare loop, fedinvert eager and compiled per IG cell; medians (1)")
+                        help="interleaved runs of the bare loop, fedinvert eager and compiled per IG cell (bare and"
+                        " eager per GIFD cell); medians (1)")
     parser.add_argument("--gifd-steps", type=int, default=40, help="extra steps a stage of GIFD's runs (40)")
     parser.add_argument("--restarts", type=int, default=4, help="restarts of the restart section (4)")
     parser.add_argument("--victims", default="lenet-dlg,convnet,resnet18")

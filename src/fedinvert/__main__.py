@@ -1,5 +1,5 @@
 """`python -m fedinvert` is the `fedinvert` command."""
 
-from fedinvert.cli import main
+from fedinvert.cli import run
 
-raise SystemExit(main())
+run()

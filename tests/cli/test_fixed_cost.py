@@ -115,3 +115,63 @@ def test_every_command_that_runs_attacks_preloads_the_runner() -> None:
         "attack", "sweep", "tune", "audit", "demo"
     }
     assert preload["list"] == preload["train-prior"] == preload["verify-model"] == ("torch",)
+
+
+def run_code(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_code(tmp_path) -> None:
+    marker = tmp_path / "handler-ran"
+    done = run_code(
+        "import atexit, sys, tempfile, weakref\n"
+        "from pathlib import Path\n"
+        "from fedinvert.cli import exit_now\n"
+        f"atexit.register(lambda: Path({str(marker)!r}).write_text('yes'))\n"
+        "scratch = tempfile.TemporaryDirectory()\n"  # removed by its weakref finalizer at exit
+        f"Path({str(tmp_path / 'scratch-name')!r}).write_text(scratch.name)\n"
+        "sys.stdout.write('x' * 100_000)\n"  # more than a pipe's buffer holds: flushed, not lost
+        "exit_now(3)\n"
+        "print('not reached')\n"
+    )
+    assert done.returncode == 3
+    assert done.stdout == "x" * 100_000
+    assert marker.read_text() == "yes"
+    assert not os.path.exists((tmp_path / "scratch-name").read_text())
+
+
+def test_exit_now_waits_for_a_running_thread_as_a_normal_exit_does(tmp_path) -> None:
+    marker = tmp_path / "thread-finished"
+    done = run_code(
+        "import threading, time\n"
+        "from pathlib import Path\n"
+        "from fedinvert.cli import exit_now\n"
+        "def work():\n"
+        "    time.sleep(0.5)\n"
+        f"    Path({str(marker)!r}).write_text('done')\n"
+        "threading.Thread(target=work).start()\n"
+        "exit_now(4)\n"
+    )
+    assert done.returncode == 4
+    assert marker.read_text() == "done"
+
+
+def test_the_program_skips_the_teardown_and_exits_with_mains_code() -> None:
+    """`python -m fedinvert` ends through `exit_now`: a module's finalizer that a normal teardown would run
+    (here: a `__del__` on an object kept in a module) does not run, and the exit code is main's."""
+    done = run_code(
+        "import sys, types\n"
+        "class Loud:\n"
+        "    def __del__(self):\n"
+        "        sys.stderr.write('torn down\\n')\n"
+        "holder = types.ModuleType('holder'); holder.kept = Loud(); sys.modules['holder'] = holder\n"
+        "sys.argv = ['fedinvert', 'list']\n"
+        "import runpy\n"
+        "runpy.run_module('fedinvert', run_name='__main__')\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "inverting_gradients" in done.stdout
+    assert "torn down" not in done.stderr
+    unknown = run_code("import sys, runpy\nsys.argv = ['fedinvert', 'attack', 'attack=no_such_attack']\n"
+                       "runpy.run_module('fedinvert', run_name='__main__')\n")
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error:"), unknown.stderr
