@@ -307,3 +307,31 @@ def test_run_json_holds_the_decision(tmp_path: Path) -> None:
     assert "less than any compilation" in decision["reason"] and "grouped_refusal" not in decision
     assert info["timings"]["compile_seconds"] == 0.0
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 6  # 3 steps × 2 restarts, no probe
+
+
+def test_a_step_checks_dynamos_guards_on_its_first_call_only() -> None:
+    """Two steps compiled from one function (two GIFD stages, say) each get their own graph on their first call,
+    which checks every guard; later calls check only the guards that tell those graphs apart, and still reach
+    their own. A later call that would need a new graph is not one a step makes: it reuses its graph (the
+    price of skipping the guards, shown with an argument a step never changes)."""
+    torch._dynamo.reset()
+
+    def scaled(x: torch.Tensor, k: int) -> torch.Tensor:
+        return x * k + 1
+
+    compiled = torch.compile(scaled, backend="eager", dynamic=False)
+    x = torch.ones(3)
+    doubling, tripling = compilation.CompileClock(torch.device("cpu")), compilation.CompileClock(torch.device("cpu"))
+    for _ in range(3):  # alternated: each later call still picks its own graph
+        assert doubling.call(lambda: compiled(x, 2)).tolist() == [3.0] * 3
+        assert tripling.call(lambda: compiled(x, 3)).tolist() == [4.0] * 3
+    assert doubling.step_seconds is not None and tripling.step_seconds is not None
+    # a first call checks everything: a new constant compiles a new graph
+    assert compilation.CompileClock(torch.device("cpu")).call(lambda: compiled(x, 5)).tolist() == [6.0] * 3
+    # a later call does not: the same clock with a changed constant would run a graph it has (none of the steps
+    # does this; their inputs keep their shapes and their victim, and this is what the first call is for)
+    once = compilation.CompileClock(torch.device("cpu"))
+    fresh = torch.compile(lambda x, k: x * k - 1, backend="eager", dynamic=False)
+    assert once.call(lambda: fresh(x, 2)).tolist() == [1.0] * 3
+    assert once.call(lambda: fresh(x, 7)).tolist() == [1.0] * 3  # not 6: the guard on k was not checked
+    torch._dynamo.reset()

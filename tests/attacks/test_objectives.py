@@ -280,3 +280,23 @@ def test_per_chain_distances_and_penalties_equal_one_chain_at_a_time() -> None:
     marks = [(torch.tensor(float(r)),) for r in range(3)]  # variables given per chain reach their own chain
     torch.testing.assert_close(chain_penalties(regulariser, x, marks), looped)
     assert [float(v[0]) for v in plain[3:]] == [0.0, 1.0, 2.0] and chain_penalties(None, x) is None
+
+
+@pytest.mark.slow  # compiles two double-backward graphs: about a minute here
+def test_compiled_steps_of_one_function_alternated_each_follow_plain_autograd() -> None:
+    """Two compiled matchers share the compiled function's code (1 and 2 restarts: other shapes); their later
+    calls check only the guards that tell the two graphs apart (`compilation.CompileClock`), alternated."""
+    obs = observation("lenet-dlg", "eval")
+    cases = []
+    for restarts in (1, 2):
+        x = start(restarts)
+        matcher = GradientMatcher(obs, distance="cosine", render=lambda v: (v, LABELS), regularizer=regularizer,
+                                  functional=True, compile=True)
+        cases.append((x, reference_step(obs, x), matcher))
+    for _ in range(3):
+        for x, (ref_grad, ref_loss, ref_dist), matcher in cases:
+            (grad,), loss, dist = matcher.step([x])
+            assert grad.shape == x.shape
+            assert float((grad - ref_grad).norm() / ref_grad.norm()) < 1e-4
+            torch.testing.assert_close(dist, ref_dist, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6)
