@@ -332,7 +332,8 @@ def gifd_section(args: argparse.Namespace, grid: list[tuple[str, int]], prior) -
 
 def restart_section(args: argparse.Namespace, victims: list[str], prior) -> list[dict]:
     """4 restarts against 1 (B = 1): the cost of a step of all restarts over the cost of one restart's step."""
-    print(f"\nRestarts, B = 1: ms a step with {args.restarts} restarts and with 1, and their ratio")
+    repeated = f" (medians of {args.repeats} interleaved runs; ratio: the runs' median)" if args.repeats > 1 else ""
+    print(f"\nRestarts, B = 1: ms a step with {args.restarts} restarts and with 1, and their ratio{repeated}")
     print(f"{'attack':<22} {'model':<10} {'1 restart':>9} {f'{args.restarts} restarts':>10} {'ratio':>6}")
     cases = [("inverting_gradients", False, {}), ("inverting_gradients", True, {}), ("gifd", False, {"prior": prior})]
     if args.gifd_compiled:
@@ -344,13 +345,22 @@ def restart_section(args: argparse.Namespace, victims: list[str], prior) -> list
             n = args.resnet_iterations if name == "resnet18" else args.iterations
             if attack == "gifd":
                 n = max(2, args.gifd_steps // 10) if name == "resnet18" else args.gifd_steps
-            one, _ = fedinvert_loop(obs, iterations=n, compile=compiled, attack=attack, device=args.device, **options)
-            many, _ = fedinvert_loop(obs, iterations=n, compile=compiled, attack=attack, restarts=args.restarts,
-                                     device=args.device, **options)
+            ones, manys = [], []
+            for _ in range(args.repeats):  # interleaved; the medians of each and of the runs' ratios
+                ones.append(fedinvert_loop(obs, iterations=n, compile=compiled, attack=attack, device=args.device,
+                                           **options)[0])
+                manys.append(fedinvert_loop(obs, iterations=n, compile=compiled, attack=attack,
+                                            restarts=args.restarts, device=args.device, **options)[0])
+            one, many = statistics.median(ones), statistics.median(manys)
+            ratios = [m / o for m, o in zip(manys, ones, strict=True)]
             label = f"{'IG' if attack == 'inverting_gradients' else 'GIFD'} {'compiled' if compiled else 'eager'}"
-            rows.append({"attack": label, "model": name, "one_ms": one * 1e3, "many_ms": many * 1e3,
-                         "restarts": args.restarts, "ratio": many / one})
-            print(f"{label:<22} {name:<10} {one * 1e3:9.2f} {many * 1e3:10.2f} {many / one:6.2f}", flush=True)
+            row = {"attack": label, "model": name, "one_ms": one * 1e3, "many_ms": many * 1e3,
+                   "restarts": args.restarts, "ratio": statistics.median(ratios)}
+            rows.append(row)
+            print(f"{label:<22} {name:<10} {one * 1e3:9.2f} {many * 1e3:10.2f} {row['ratio']:6.2f}", flush=True)
+            if args.repeats > 1:
+                row["ratio_runs"] = " ".join(f"{q:.2f}" for q in ratios)
+                print(f"{'':<34} ratios of {args.repeats} interleaved runs: {row['ratio_runs']}", flush=True)
     return rows
 
 
@@ -371,7 +381,7 @@ def main() -> None:
     parser.add_argument("--resnet-iterations", type=int, default=20, help="the same for resnet18 (20)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="interleaved runs of the bare loop, fedinvert eager and compiled per IG cell (bare and"
-                        " eager per GIFD cell); medians (1)")
+                        " eager per GIFD cell, 1 and N restarts per restart cell); medians (1)")
     parser.add_argument("--gifd-steps", type=int, default=40, help="extra steps a stage of GIFD's runs (40)")
     parser.add_argument("--restarts", type=int, default=4, help="restarts of the restart section (4)")
     parser.add_argument("--victims", default="lenet-dlg,convnet,resnet18")
