@@ -1,6 +1,8 @@
 """The plain PyTorch script `process.py` times as a whole process: read a photo, DLG's LeNet, 15 lines of loop.
 
     python benchmarks/bare_process.py PHOTO.png STEPS OUT.png
+
+`bare_process_gifd.py` reads its photo and builds its victim with the two functions here.
 """
 
 import sys
@@ -11,29 +13,41 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-photo, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-torch.manual_seed(0)
-x_true = torch.from_numpy(np.asarray(Image.open(photo).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
-model = nn.Sequential(nn.Conv2d(3, 12, 5, 2, 2), nn.Sigmoid(), nn.Conv2d(12, 12, 5, 2, 2), nn.Sigmoid(),
-                      nn.Conv2d(12, 12, 5, 1, 2), nn.Sigmoid(), nn.Flatten(), nn.Linear(768, 10))
-with torch.no_grad():
-    for p in model.parameters():
-        p.uniform_(-0.5, 0.5)
-label = torch.tensor([0])
-params = list(model.parameters())
-target = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model(x_true), label), params)]
-tnorm = torch.sqrt(sum((t * t).sum() for t in target))
-x = torch.randn_like(x_true).requires_grad_(True)
-opt = torch.optim.Adam([x], lr=0.1)
-for _ in range(steps):
-    opt.zero_grad()
-    grads = torch.autograd.grad(F.cross_entropy(model(x), label), params, create_graph=True)
-    dot = sum((g * t).sum() for g, t in zip(grads, target, strict=True))
-    gnorm = torch.sqrt(sum((g * g).sum() for g in grads))
-    tv = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
-    (1 - dot / (gnorm * tnorm) + 1e-4 * tv).backward(inputs=[x])
-    opt.step()
+
+def read_photo(path):
+    """(1, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+
+
+def lenet_gradient(inputs, label):
+    """DLG's sigmoid LeNet (weights uniform in ±0.5), its parameters, their true gradient on ``inputs`` and its norm."""
+    model = nn.Sequential(nn.Conv2d(3, 12, 5, 2, 2), nn.Sigmoid(), nn.Conv2d(12, 12, 5, 2, 2), nn.Sigmoid(),
+                          nn.Conv2d(12, 12, 5, 1, 2), nn.Sigmoid(), nn.Flatten(), nn.Linear(768, 10))
     with torch.no_grad():
-        x.clamp_(0, 1)
-image = (x.detach()[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-Image.fromarray(image).save(out)
+        for p in model.parameters():
+            p.uniform_(-0.5, 0.5)
+    params = list(model.parameters())
+    target = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model(inputs), label), params)]
+    return model, params, target, torch.sqrt(sum((t * t).sum() for t in target))
+
+
+if __name__ == "__main__":
+    photo, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    torch.manual_seed(0)
+    x_true = read_photo(photo)
+    label = torch.tensor([0])
+    model, params, target, tnorm = lenet_gradient(x_true, label)
+    x = torch.randn_like(x_true).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        grads = torch.autograd.grad(F.cross_entropy(model(x), label), params, create_graph=True)
+        dot = sum((g * t).sum() for g, t in zip(grads, target, strict=True))
+        gnorm = torch.sqrt(sum((g * g).sum() for g in grads))
+        tv = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+        (1 - dot / (gnorm * tnorm) + 1e-4 * tv).backward(inputs=[x])
+        opt.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+    image = (x.detach()[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    Image.fromarray(image).save(out)

@@ -16,21 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bare_process import lenet_gradient, read_photo
 from PIL import Image
 from torch import nn
 
 photo, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 torch.manual_seed(0)
-x_true = torch.from_numpy(np.asarray(Image.open(photo).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
-model = nn.Sequential(nn.Conv2d(3, 12, 5, 2, 2), nn.Sigmoid(), nn.Conv2d(12, 12, 5, 2, 2), nn.Sigmoid(),
-                      nn.Conv2d(12, 12, 5, 1, 2), nn.Sigmoid(), nn.Flatten(), nn.Linear(768, 10))
-with torch.no_grad():
-    for p in model.parameters():
-        p.uniform_(-0.5, 0.5)
 label = torch.tensor([0])
-params = list(model.parameters())
-target = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model((x_true - 0.5) / 0.5), label), params)]
-tnorm = torch.sqrt(sum((t * t).sum() for t in target))
+model, params, target, tnorm = lenet_gradient((read_photo(photo) - 0.5) / 0.5, label)
 
 layers = []
 for cin, cout in zip((100, 512, 256, 128), (512, 256, 128, 64), strict=True):
