@@ -13,6 +13,7 @@ from torch import Tensor
 from fedinvert.attacks.base import get_schedule, ramp_schedule, step_schedule
 from fedinvert.attacks.objectives import (
     GradientMatcher,
+    ImagePrior,
     MaskedCosineDistance,
     build_distance,
     chain_penalties,
@@ -23,7 +24,6 @@ from fedinvert.attacks.objectives import (
     restart_distance,
     total_variation,
 )
-from fedinvert.attacks.optimization.inverting_gradients import ImagePrior
 from fedinvert.errors import ConfigError
 from fedinvert.fl.fedsgd import FedSGDClient
 from fedinvert.models import build_model

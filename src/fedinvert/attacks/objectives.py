@@ -508,6 +508,30 @@ class ChainRegularizer:
         raise NotImplementedError
 
 
+class ImagePrior(ChainRegularizer):
+    """The image prior on the victim's input: ``tv``·TV + ``norm``·‖x‖₂/(H·W) (either weight may be 0); Inverting
+    Gradients' and, through `generative.base.image_regularizer`, the generative attacks'."""
+
+    def __init__(self, *, tv: float, norm: float) -> None:
+        self.tv, self.norm = tv, norm
+
+    def __call__(self, inputs: Tensor, variables: tuple[Tensor, ...] = ()) -> Tensor:
+        total = inputs.new_zeros(())
+        if self.tv:
+            total = total + self.tv * total_variation(inputs)
+        if self.norm:
+            total = total + self.norm * image_norm(inputs)
+        return total
+
+    def rows(self, inputs: Tensor) -> Tensor:
+        total = inputs.new_zeros(inputs.shape[0])
+        if self.tv:
+            total = total + self.tv * total_variation(inputs, chains=True)
+        if self.norm:
+            total = total + self.norm * image_norm(inputs, chains=True)
+        return total
+
+
 def chain_penalties(
     regularizer: Callable[[Tensor, tuple[Tensor, ...]], Tensor] | None,
     inputs: Tensor,

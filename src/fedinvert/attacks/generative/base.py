@@ -40,9 +40,8 @@ from fedinvert.attacks.objectives import (
     DISTANCES,
     FEDAVG_MODES,
     GradientMatcher,
+    ImagePrior,
     _affine_batch_norm_,
-    image_norm,
-    total_variation,
 )
 from fedinvert.attacks.projections import project_l1_ball, project_l1_ball_around
 from fedinvert.errors import ConfigError, MissingCapabilityError
@@ -95,18 +94,7 @@ def check_radii(key: str, values: Sequence[float] | None) -> list[float] | None:
 # -- small pieces ------------------------------------------------------------------------------------
 def image_regularizer(*, tv: float, norm: float) -> Regularizer | None:
     """``tv``·TV(x) + ``norm``·‖x‖₂/(H·W) on the victim's (normalised) input, GIFD's image terms; None if both 0."""
-    if not tv and not norm:
-        return None
-
-    def regularizer(inputs: Tensor, variables: tuple[Tensor, ...] = ()) -> Tensor:
-        total = inputs.new_zeros(())
-        if tv:
-            total = total + tv * total_variation(inputs)
-        if norm:
-            total = total + norm * image_norm(inputs)
-        return total
-
-    return regularizer
+    return ImagePrior(tv=tv, norm=norm) if tv or norm else None
 
 
 def latent_kl(latent: Tensor) -> Tensor:

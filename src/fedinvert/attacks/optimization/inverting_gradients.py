@@ -18,10 +18,8 @@ from fedinvert.attacks.objectives import (
     BATCHED_DISTANCES,
     FEDAVG_MODES,
     BatchedMatcher,
-    ChainRegularizer,
     GradientMatcher,
-    image_norm,
-    total_variation,
+    ImagePrior,
 )
 from fedinvert.errors import ConfigError
 from fedinvert.observation import Observation, Reconstruction
@@ -35,29 +33,6 @@ BATCHED_FORMS = (compilation.VMAP, compilation.GROUPED)
 
 
 INITS = ("randn", "rand")
-
-
-class ImagePrior(ChainRegularizer):
-    """Inverting Gradients' image prior on the victim's input: ``tv``·TV + ``norm``·‖x‖ (either weight may be 0)."""
-
-    def __init__(self, *, tv: float, norm: float) -> None:
-        self.tv, self.norm = tv, norm
-
-    def __call__(self, inputs: Tensor, variables: tuple[Tensor, ...] = ()) -> Tensor:
-        total = inputs.new_zeros(())
-        if self.tv:
-            total = total + self.tv * total_variation(inputs)
-        if self.norm:
-            total = total + self.norm * image_norm(inputs)
-        return total
-
-    def rows(self, inputs: Tensor) -> Tensor:
-        total = inputs.new_zeros(inputs.shape[0])
-        if self.tv:
-            total = total + self.tv * total_variation(inputs, chains=True)
-        if self.norm:
-            total = total + self.norm * image_norm(inputs, chains=True)
-        return total
 
 
 def random_inputs(
