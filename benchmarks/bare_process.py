@@ -2,7 +2,8 @@
 
     python benchmarks/bare_process.py PHOTO.png STEPS OUT.png
 
-`bare_process_gifd.py` reads its photo and builds its victim with the two functions here.
+`bare_process_gifd.py` reads its photo, builds its victim and projects onto ℓ1 balls with the functions here
+(`speed.py`'s plain GIFD loop with the last).
 """
 
 import sys
@@ -29,6 +30,19 @@ def lenet_gradient(inputs, label):
     params = list(model.parameters())
     target = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model(inputs), label), params)]
     return model, params, target, torch.sqrt(sum((t * t).sum() for t in target))
+
+
+def project_l1(v, radius):
+    """Each row of ``v`` (N, d) projected onto the ℓ1 ball of radius ``radius`` (N,): the sort-based projection
+    research code writes (Duchi et al. 2008), in plain float arithmetic."""
+    magnitudes = v.abs()
+    u, _ = magnitudes.sort(dim=1, descending=True)
+    css = u.cumsum(dim=1) - radius[:, None]
+    j = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+    rho = (u * j > css).sum(dim=1, keepdim=True).clamp_min(1)
+    theta = css.gather(1, rho - 1) / rho
+    inside = magnitudes.sum(dim=1, keepdim=True) <= radius[:, None]
+    return torch.where(inside, v, v.sign() * (magnitudes - theta).clamp_min(0))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bare_process import lenet_gradient, read_photo
+from bare_process import lenet_gradient, project_l1, read_photo
 from PIL import Image
 from torch import nn
 
@@ -34,15 +34,6 @@ weights = Path(importlib.util.find_spec("gan_face_generate").submodule_search_lo
 state = torch.load(weights, map_location="cpu", weights_only=True)["netG_state_dict"]
 generator.load_state_dict({key.removeprefix("main."): value for key, value in state.items()})
 generator.eval().requires_grad_(False)
-
-
-def project_l1(v, radius):
-    u, _ = v.abs().sort(dim=1, descending=True)
-    css = u.cumsum(dim=1) - radius[:, None]
-    rho = (u * torch.arange(1, v.shape[1] + 1) > css).sum(dim=1, keepdim=True).clamp_min(1)
-    theta = css.gather(1, rho - 1) / rho
-    inside = v.abs().sum(dim=1, keepdim=True) <= radius[:, None]
-    return torch.where(inside, v, v.sign() * (v.abs() - theta).clamp_min(0))
 
 
 start = torch.randn(1, 100)

@@ -45,6 +45,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from _tables import fmt, write_csv
+from bare_process import project_l1
 
 from fedinvert.attacks import ATTACKS
 from fedinvert.attacks.objectives import total_variation
@@ -85,19 +86,6 @@ def bare_loop(model, target, labels, shape, *, iterations: int, tv: float = 1e-4
             x.clamp_(-1, 1)
     sync(device)
     return (time.perf_counter() - start) / iterations
-
-
-def project_l1(v, radius):
-    """Each row of ``v`` (N, d) projected onto the ℓ1 ball of radius ``radius`` (N,): the sort-based projection
-    research code writes (Duchi et al. 2008), in plain float arithmetic."""
-    magnitudes = v.abs()
-    u, _ = magnitudes.sort(dim=1, descending=True)
-    css = u.cumsum(dim=1) - radius[:, None]
-    j = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
-    rho = (u * j > css).sum(dim=1, keepdim=True).clamp_min(1)
-    theta = css.gather(1, rho - 1) / rho
-    inside = magnitudes.sum(dim=1, keepdim=True) <= radius[:, None]
-    return torch.where(inside, v, v.sign() * (magnitudes - theta).clamp_min(0))
 
 
 def bare_gifd_loop(
@@ -154,6 +142,11 @@ def bare_gifd_loop(
         timed += time.perf_counter() - began
         start = x.detach()
     return timed / (5 * steps)
+
+
+def runs_ms(seconds: list[float]) -> str:
+    """Each interleaved run's figure, ms, for the log."""
+    return " ".join(f"{s * 1e3:.2f}" for s in seconds)
 
 
 def sync(device: str) -> None:
@@ -286,9 +279,9 @@ def ig_section(args: argparse.Namespace, grid: list[tuple[str, int]]) -> list[di
               f" {fmt(row['eager_over_bare'], '10.2f')} {fmt(row['compiled_over_bare'], '13.2f')}"
               f" {fmt(row['breaching_over_bare'], '14.2f')}", flush=True)
         if args.repeats > 1:
-            row["bare_runs_ms"] = " ".join(f"{b * 1e3:.2f}" for b in bares)
-            row["eager_runs_ms"] = " ".join(f"{e * 1e3:.2f}" for e in eagers)
-            row["compiled_runs_ms"] = " ".join(f"{c * 1e3:.2f}" for c in compileds)
+            row["bare_runs_ms"] = runs_ms(bares)
+            row["eager_runs_ms"] = runs_ms(eagers)
+            row["compiled_runs_ms"] = runs_ms(compileds)
             print(f"{'':<14} medians of {args.repeats} interleaved runs: bare {row['bare_runs_ms']},"
                   f" eager {row['eager_runs_ms']}, compiled {row['compiled_runs_ms']}", flush=True)
     return rows
@@ -323,8 +316,8 @@ def gifd_section(args: argparse.Namespace, grid: list[tuple[str, int]], prior) -
               f" {fmt(row['compiled_ms'], '9.2f')} {fmt(compile_s, '9.1f')} {fmt(row['eager_over_bare'], '10.2f')}"
               f" {fmt(row['compiled_over_bare'], '13.2f')}", flush=True)
         if args.repeats > 1:
-            row["bare_runs_ms"] = " ".join(f"{b * 1e3:.2f}" for b in bares)
-            row["eager_runs_ms"] = " ".join(f"{e * 1e3:.2f}" for e in eagers)
+            row["bare_runs_ms"] = runs_ms(bares)
+            row["eager_runs_ms"] = runs_ms(eagers)
             print(f"{'':<14} medians of {args.repeats} interleaved runs: bare {row['bare_runs_ms']},"
                   f" eager {row['eager_runs_ms']}", flush=True)
     return rows
